@@ -1,0 +1,3 @@
+from ares.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,281 @@
+"""The ``ares`` command: a thin layer that turns flags into settings and starts a service.
+
+Precedence: defaults < ARES_* environment variables < command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ares import runtime
+from ares.plan_command import add_plan_parser
+from broker.errors import BrokerError
+from broker.link import LinkError
+
+log = logging.getLogger("ares")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    runtime.setup_logging(args.log_level, getattr(args, "log_name", "") or "")
+    try:
+        return int(args.handler(args))
+    except ValidationError as exc:
+        print(f"ares {args.command}: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, LinkError, BrokerError) as exc:
+        # Bad cuts, missing datasets, unreachable brokers: a clear line, not a traceback.
+        print(f"ares {args.command}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ares", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="broker, edge service and N devices on this machine")
+    _training_flags(demo)
+    demo.add_argument("--devices", type=int, default=3, help="number of device agents")
+    demo.add_argument("--scenario", help="a testbed scenario: a shipped name or a YAML file")
+    demo.add_argument("--broker", help="use this broker (mqtt://host:port) instead of a local one")
+    demo.add_argument("--partition", choices=["iid", "label_skew"], default="iid")
+    demo.add_argument("--run-dir", type=Path, help="where logs and the report go")
+    demo.add_argument("--timeout", type=float, default=1800.0, help="give up after this many s")
+    demo.set_defaults(handler=_demo)
+
+    edge = sub.add_parser("edge", help="run the edge service")
+    _training_flags(edge)
+    _mqtt_flags(edge)
+    edge.add_argument("--min-devices", type=int, help="devices to wait for before round 1")
+    edge.add_argument("--splits", help="per-device cuts for sl, e.g. dev-0=1,dev-1=3")
+    edge.add_argument("--wire-dtypes", help="per-device wire dtypes, e.g. pi-1=float16")
+    edge.add_argument("--torch-device", help="auto, cpu, cuda, cuda:1, ...")
+    edge.add_argument("--torch-threads", type=int)
+    edge.add_argument("--keep-devices", action="store_true", help="do not stop devices at the end")
+    edge.add_argument("--checkpoint", type=Path, help="checkpoint file (default ares-edge.ckpt)")
+    edge.add_argument(
+        "--fresh",
+        action="store_true",
+        default=None,
+        help="ignore an existing checkpoint and start from round 1",
+    )
+    edge.set_defaults(handler=_edge, log_name="edge")
+
+    device = sub.add_parser("device", help="run a device agent")
+    _mqtt_flags(device)
+    device.add_argument("--id", dest="device_id", help="device id (default: host name)")
+    device.add_argument("--dataset", help="digits, cifar10 or synthetic")
+    device.add_argument("--data-dir", type=Path, help="directory of a local dataset (cifar10)")
+    device.add_argument("--shard", help="which shard of the dataset this device owns: INDEX/COUNT")
+    device.add_argument("--partition", choices=["iid", "label_skew"])
+    device.add_argument("--seed", type=int)
+    device.add_argument("--torch-threads", type=int)
+    device.add_argument("--exit-on-finish", action="store_true", default=None)
+    device.add_argument("--uplink-mbps", type=float, help="declared uplink rate for the planner")
+    device.add_argument("--downlink-mbps", type=float, help="declared downlink rate")
+    device.add_argument("--memory-mb", type=float, help="memory available for training")
+    device.add_argument("--allowed-cuts", help="cuts this device may take, e.g. 2,3,5")
+    emulation = device.add_argument_group("emulation (testbed)")
+    emulation.add_argument("--profile", help="emulate a built-in device, e.g. raspberry-pi-3b+")
+    emulation.add_argument("--time-scale", type=float, help="run the emulation this much faster")
+    emulation.add_argument("--link-mode", choices=["direct", "tc", "token-bucket"])
+    emulation.add_argument(
+        "--uplink",
+        dest="uplink_schedule",
+        help="token-bucket uplink: Mbit/s "
+        "or a JSON schedule such as '{\"steps\": [[0, 40], [60, 2]]}'",
+    )
+    emulation.add_argument("--downlink", dest="downlink_schedule", help="like --uplink")
+    emulation.add_argument("--battery-wh", type=float, help="an emulated battery of this size")
+    emulation.add_argument("--battery-pct", type=float, help="its charge at the start")
+    emulation.add_argument(
+        "--data-share",
+        dest="shard_count",
+        type=int,
+        help="own this many consecutive shards from --shard on",
+    )
+    device.add_argument(
+        "--power", help="board power in W while computing,transmitting,receiving: e.g. 7.3,2.3,2.3"
+    )
+    device.set_defaults(handler=_device)
+
+    add_plan_parser(sub)
+
+    broker = sub.add_parser("broker", help="run a local Mosquitto for testing")
+    broker.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    broker.add_argument("--print-config", action="store_true", help="print the config and exit")
+    broker.set_defaults(handler=_broker)
+    return parser
+
+
+def _training_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int)
+    p.add_argument(
+        "--policy",
+        choices=["ares", "static", "fl", "sl"],
+        help="ares: re-plan every round; static: plan once; fl: all on device; sl: --split",
+    )
+    p.add_argument("--alpha", type=float, help="0: save device energy .. 1: save time")
+    p.add_argument("--split", type=int, help="the sl policy's cut, for every device")
+    p.add_argument("--model", help="small_cnn or vgg5")
+    p.add_argument("--dataset", help="digits, cifar10 or synthetic")
+    p.add_argument("--data-dir", type=Path, help="directory of a local dataset (cifar10)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batches-per-round", type=int, help="default: one local epoch")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--wire-dtype", choices=["float32", "float16"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--report", type=Path, help="write the JSON run report here")
+
+
+def _mqtt_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", help="broker URL, mqtt://host:port or mqtts://host:port")
+    p.add_argument("--prefix", help="topic prefix (default ares/v1)")
+
+
+def _overrides(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """Flags the user gave (not None), as settings keyword arguments."""
+    values: dict[str, Any] = {
+        n: getattr(args, n) for n in names if getattr(args, n, None) is not None
+    }
+    mqtt = {
+        key: value
+        for key, value in (
+            ("url", getattr(args, "broker", None)),
+            ("prefix", getattr(args, "prefix", None)),
+        )
+        if value is not None
+    }
+    if mqtt:
+        values["mqtt"] = mqtt
+    return values
+
+
+TRAINING = (
+    "rounds", "policy", "alpha", "split", "model", "dataset", "data_dir", "batch_size",
+    "batches_per_round", "lr", "wire_dtype", "seed", "report",
+)  # fmt: skip
+
+
+def _edge(args: argparse.Namespace) -> int:
+    from edge_service import EdgeService, EdgeSettings
+
+    values = _overrides(
+        args, *TRAINING, "min_devices", "torch_device", "torch_threads", "checkpoint", "fresh"
+    )
+    if args.splits:
+        values["splits"] = parse_per_device(args.splits, "--splits")
+    if args.wire_dtypes:
+        values["wire_dtypes"] = parse_per_device(args.wire_dtypes, "--wire-dtypes")
+    if args.keep_devices:
+        values["finish_devices"] = False
+    settings = EdgeSettings(**values)
+    service = EdgeService(settings)
+    try:
+        report = runtime.run(service.run)
+    except asyncio.CancelledError:
+        log.info("edge stopped")
+        return 0
+    except TimeoutError as exc:  # too few devices registered
+        log.error("%s", exc)
+        return 1
+    log.info("finished: final accuracy %s in %.1f s", report.final_accuracy, report.wall_s)
+    return 0
+
+
+def _device(args: argparse.Namespace) -> int:
+    from device_agent import DeviceAgent, DeviceSettings
+
+    values = _overrides(
+        args, "device_id", "dataset", "data_dir", "partition", "seed", "torch_threads",
+        "exit_on_finish", "uplink_mbps", "downlink_mbps", "memory_mb", "profile", "time_scale",
+        "link_mode", "uplink_schedule", "downlink_schedule", "battery_wh", "battery_pct",
+        "shard_count",
+    )  # fmt: skip
+    if args.allowed_cuts:
+        values["allowed_cuts"] = [
+            int(c) for c in parse_floats(args.allowed_cuts, -1, "--allowed-cuts")
+        ]
+    if args.power:
+        compute, transmit, receive = parse_floats(args.power, 3, "--power")
+        values.update(power_compute_w=compute, power_transmit_w=transmit, power_receive_w=receive)
+    if args.shard:
+        index, count = parse_shard(args.shard)
+        values.update(shard_index=index, num_shards=count)
+    settings = DeviceSettings(**values)
+    runtime.setup_logging(args.log_level, settings.device_id)
+    agent = DeviceAgent(settings)
+    try:
+        runtime.run(agent.run)
+    except asyncio.CancelledError:
+        log.info("device %s stopped", settings.device_id)
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from broker import BrokerConfig, LocalBroker, render_config
+
+    if args.print_config:
+        print(render_config(BrokerConfig(port=args.port or 1883)))
+        return 0
+    config = BrokerConfig(port=args.port)
+    with LocalBroker(config) as local:
+        print(f"Mosquitto listening on {local.url} (Ctrl-C to stop)", flush=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            runtime.run(_forever)
+    return 0
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ares.demo import DemoOptions, run_demo
+
+    options = DemoOptions.from_args(args)
+    return run_demo(options)
+
+
+def parse_per_device(text: str, flag: str) -> dict[str, str]:
+    """``dev-0=1,dev-1=3`` -> {"dev-0": "1", "dev-1": "3"} (settings validate the values)."""
+    values: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SystemExit(f"ares: bad {flag} entry {item!r}; expected DEVICE=VALUE")
+        values[name.strip()] = value.strip()
+    return values
+
+
+def parse_floats(text: str, count: int, flag: str) -> list[float]:
+    """``7.3,2.3,2.3`` -> [7.3, 2.3, 2.3]; ``count`` -1 takes any number of them."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or (count >= 0 and len(values) != count):
+        expected = f"{count} numbers" if count >= 0 else "numbers"
+        raise SystemExit(f"ares: bad {flag} {text!r}; expected {expected} separated by commas")
+    return values
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``2/5`` -> (2, 5)."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit():
+        raise SystemExit(f"ares: bad --shard {text!r}; expected INDEX/COUNT, e.g. 0/3")
+    return int(index), int(count)

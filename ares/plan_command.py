@@ -1,0 +1,331 @@
+"""``ares plan FILE``: the ARES split plan for a described set of devices, with no broker or model.
+
+FILE is a YAML (``.yaml``/``.yml``) or JSON plan document (format: :mod:`planner.inputs`), or the
+name of an example shipped in ``planner/examples`` (``ares plan paper-testbed``). The plan is
+printed next to two baselines priced with the same objective and normalisation: federated learning
+(every participating device keeps all blocks, cut L) and classic split learning (the one cut below L
+shared by all participating devices that scores best). Devices the battery rule sits out are left
+out of the baselines too, so all three plans train the same devices.
+
+Exit status: 0, or 2 with one line on stderr for a missing or unparsable file or a bad setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from planner import (
+    DEFAULT_BATTERY_FLOOR,
+    CostTable,
+    LowBatteryPolicy,
+    Plan,
+    PlanningError,
+    plan_for_cuts,
+    solve,
+)
+from planner.inputs import plan_inputs_from_dict
+
+__all__ = ["add_plan_parser", "example_names", "run_plan"]
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+_EXAMPLE_SUFFIXES = (*_YAML_SUFFIXES, ".json")
+# Tenths, rounded so that the printed and JSON alphas read 0.3, not 0.30000000000000004.
+_SWEEP = tuple(round(step / 10, 1) for step in range(11))
+
+
+_DESCRIPTION = (
+    "Print the ARES split plan for the devices described in FILE (YAML or JSON, format in "
+    "planner/inputs.py) next to federated learning and the best classic split learning cut, "
+    "all priced with the same objective. FILE may also name a shipped example."
+)
+
+
+class PlanCommandError(Exception):
+    """A problem with the command's input, reported as one line (exit status 2)."""
+
+
+def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``plan`` on an ``add_subparsers()`` result, with ``handler=run_plan``."""
+    parser = subparsers.add_parser(
+        "plan",
+        help="print the ARES split plan for a device description (no broker needed)",
+        description=_DESCRIPTION,
+    )
+    parser.add_argument(
+        "file",
+        metavar="FILE",
+        help="YAML or JSON plan document, or a shipped example: " + ", ".join(example_names()),
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="energy sensitivity in [0, 1]: 0 = device energy only, 1 = round time only",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--sweep-alpha", action="store_true", help="plan at alpha 0, 0.1, ..., 1 (ignores --alpha)"
+    )
+    parser.add_argument(
+        "--battery-floor",
+        type=float,
+        default=DEFAULT_BATTERY_FLOOR,
+        help="battery fraction below which --low-battery applies (default %(default)s)",
+    )
+    parser.add_argument(
+        "--low-battery",
+        choices=["least_energy", "sit_out"],
+        default="least_energy",
+        help="what a device below the floor does (default %(default)s)",
+    )
+    parser.set_defaults(handler=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Plan, print, and return the exit status."""
+    try:
+        _check_flags(args)
+        name, data = load_document(args.file)
+        table = _table(name, data)
+        alphas = _SWEEP if args.sweep_alpha else (args.alpha,)
+        outcomes = [_outcome(table, alpha, args) for alpha in alphas]
+    except (PlanCommandError, PlanningError, OSError) as exc:
+        # One line even where a message spans several (YAML errors do).
+        print(f"ares plan: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    if args.json:
+        reports = [o.to_json() for o in outcomes]
+        print(json.dumps(reports if args.sweep_alpha else reports[0], indent=2))
+    elif args.sweep_alpha:
+        print(_sweep_text(name, table, outcomes))
+    else:
+        print(_plan_text(name, table, outcomes[0]))
+    return 0
+
+
+# --- input ------------------------------------------------------------------------------------
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    # Checked here so the message names the flag rather than the planner's argument.
+    if not args.sweep_alpha and not 0.0 <= args.alpha <= 1.0:
+        raise PlanCommandError(f"--alpha must lie in [0, 1], got {args.alpha:g}")
+    if not 0.0 < args.battery_floor <= 1.0:
+        raise PlanCommandError(f"--battery-floor must lie in (0, 1], got {args.battery_floor:g}")
+
+
+def _table(name: str, data: Any) -> CostTable:
+    try:
+        return plan_inputs_from_dict(data).table()
+    except PlanningError as exc:
+        raise PlanCommandError(f"{name}: {exc}") from exc
+
+
+def example_names() -> list[str]:
+    """Names of the shipped examples, without suffix."""
+    return sorted(
+        entry.name.rsplit(".", 1)[0]
+        for entry in _examples().iterdir()
+        if entry.name.endswith(_EXAMPLE_SUFFIXES)
+    )
+
+
+def load_document(spec: str) -> tuple[str, Any]:
+    """Read and parse FILE (a path, or a shipped example's name); returns (display name, data)."""
+    path = Path(spec)
+    source: Path | Traversable
+    if path.is_file():
+        source, label = path, spec
+    elif (example := _find_example(spec)) is not None:
+        source, label = example, example.name
+    elif path.exists():
+        raise PlanCommandError(f"{spec}: not a file")
+    else:
+        raise PlanCommandError(
+            f"{spec}: no such file, nor a shipped example ({', '.join(example_names())})"
+        )
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanCommandError(f"{spec}: not UTF-8 text ({exc.reason})") from exc
+    if source.name.endswith(_YAML_SUFFIXES):
+        try:
+            return label, yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PlanCommandError(f"{spec}: not valid YAML: {_yaml_problem(exc)}") from exc
+    try:
+        return label, json.loads(text)
+    except ValueError as exc:
+        raise PlanCommandError(f"{spec}: not valid JSON: {exc}") from exc
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's context lines and caret drawing."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return str(exc)
+
+
+def _examples() -> Traversable:
+    return resources.files("planner").joinpath("examples")
+
+
+def _find_example(name: str) -> Traversable | None:
+    # Only bare names: "configs/x" that does not exist is a missing file, not an example.
+    if "/" in name or "\\" in name:
+        return None
+    names = [name] if name.endswith(_EXAMPLE_SUFFIXES) else [name + s for s in _EXAMPLE_SUFFIXES]
+    for candidate in names:
+        entry = _examples().joinpath(candidate)
+        if entry.is_file():
+            return entry
+    return None
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """The plan at one alpha and the baselines priced on its scale (None where infeasible)."""
+
+    plan: Plan
+    federated: Plan | None
+    split: Plan | None
+    split_cut: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "alpha": plan.alpha,
+            "devices": {
+                a.device_id: {"split": a.cut, "time_s": a.time_s, "energy_j": a.energy_j}
+                for a in plan.assignments
+            },
+            "objective": plan.objective,
+            "max_time_s": plan.max_time_s,
+            "total_energy_j": plan.total_energy_j,
+            "baselines": {
+                "fl": None if self.federated is None else _summary(self.federated),
+                "sl_best": None
+                if self.split is None
+                else {"split": self.split_cut, **_summary(self.split)},
+            },
+        }
+
+
+def _summary(plan: Plan) -> dict[str, float]:
+    return {
+        "objective": plan.objective,
+        "max_time_s": plan.max_time_s,
+        "total_energy_j": plan.total_energy_j,
+    }
+
+
+def _outcome(table: CostTable, alpha: float, args: argparse.Namespace) -> _Outcome:
+    low_battery: LowBatteryPolicy = args.low_battery
+    plan = solve(table, alpha, battery_floor=args.battery_floor, low_battery=low_battery)
+    participants = [d for d in table.device_ids if d not in plan.sitting_out]
+    rows = [table.row(d) for d in participants]
+    usable = table.feasible[rows]  # participants x cuts
+
+    def shared(cut: int) -> Plan:
+        # The plan's own normalisation, so the three objectives are on one scale.
+        return plan_for_cuts(
+            table,
+            alpha,
+            dict.fromkeys(participants, cut),
+            battery_floor=plan.battery_floor,
+            low_battery=plan.low_battery,
+            normalisation=plan.normalisation,
+            reason=f"baseline: every device at cut {cut}",
+        )
+
+    last = table.num_cuts
+    federated = shared(last) if usable[:, last - 1].all() else None
+    # Classic split learning keeps something on the server, so its cut lies below L.
+    candidates = [(shared(cut), cut) for cut in range(1, last) if usable[:, cut - 1].all()]
+    best = min(candidates, key=lambda item: item[0].objective, default=None)
+    return _Outcome(
+        plan=plan,
+        federated=federated,
+        split=None if best is None else best[0],
+        split_cut=None if best is None else best[1],
+    )
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _plan_text(name: str, table: CostTable, outcome: _Outcome) -> str:
+    plan = outcome.plan
+    width = max(6, *(len(d) for d in table.device_ids))
+    lines = [
+        f"{name}: {table.num_devices} devices, {table.num_cuts} blocks, alpha {plan.alpha:g} "
+        "(0 = energy only, 1 = time only)",
+        "",
+        f"{'device':<{width}}  {'split':>5}  {'time s':>10}  {'energy J':>10}  reason",
+    ]
+    for a in plan.assignments:
+        split = "-" if a.cut is None else str(a.cut)
+        lines.append(
+            f"{a.device_id:<{width}}  {split:>5}  {a.time_s:>10.1f}  {a.energy_j:>10.1f}  "
+            f"{a.reason}"
+        )
+    rows: list[tuple[str, Plan | None]] = [
+        ("ARES plan", plan),
+        (f"federated learning (all at cut {table.num_cuts})", outcome.federated),
+        (
+            "split learning (no shared cut)"
+            if outcome.split_cut is None
+            else f"split learning (all at cut {outcome.split_cut})",
+            outcome.split,
+        ),
+    ]
+    label = max(len(r[0]) for r in rows)
+    lines += ["", f"{'':<{label}}  {'objective':>9}  {'max time s':>10}  {'energy J':>10}"]
+    for title, priced in rows:
+        if priced is None:
+            lines.append(f"{title:<{label}}  {'n/a':>9}")
+        else:
+            lines.append(
+                f"{title:<{label}}  {priced.objective:>9.4f}  {priced.max_time_s:>10.1f}  "
+                f"{priced.total_energy_j:>10.1f}"
+            )
+    lines.append("(objective: lower is better; both baselines priced on the plan's scale)")
+    return "\n".join(lines)
+
+
+def _sweep_text(name: str, table: CostTable, outcomes: Sequence[_Outcome]) -> str:
+    widths = [max(5, len(d)) for d in table.device_ids]
+    header = "  ".join(f"{d:>{w}}" for d, w in zip(table.device_ids, widths, strict=True))
+    lines = [
+        f"{name}: split per device as alpha goes from energy only (0) to time only (1)",
+        "",
+        f"alpha  {header}  {'objective':>9}  {'fl':>7}  {'sl_best':>13}",
+    ]
+    for outcome in outcomes:
+        plan = outcome.plan
+        cuts = [plan.assignment(d).cut for d in table.device_ids]
+        splits = "  ".join(
+            f"{'-' if c is None else c:>{w}}" for c, w in zip(cuts, widths, strict=True)
+        )
+        fl = "n/a" if outcome.federated is None else f"{outcome.federated.objective:.4f}"
+        sl = (
+            "n/a"
+            if outcome.split is None
+            else f"{outcome.split.objective:.4f} (cut {outcome.split_cut})"
+        )
+        lines.append(f"{plan.alpha:>5.1f}  {splits}  {plan.objective:>9.4f}  {fl:>7}  {sl:>13}")
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""Running a service's coroutine: uvloop where available, logging, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def setup_logging(level: str = "INFO", name: str = "") -> None:
+    prefix = f"{name} " if name else ""
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # paho and aiomqtt are chatty at INFO about things we log ourselves.
+    logging.getLogger("aiomqtt").setLevel(logging.WARNING)
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main()`` on uvloop when installed; SIGTERM and SIGINT cancel it cleanly."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # uvloop is optional (e.g. on Windows)
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_cancel_on_signals(main))
+
+
+async def _cancel_on_signals(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Not every platform or thread supports signal handlers.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await main()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,11 @@
+"""Exceptions raised while managing a local Mosquitto broker."""
+
+from __future__ import annotations
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be started, reached, or stopped."""
+
+
+class BrokerNotFoundError(BrokerError):
+    """No Mosquitto executable was found; the message says how to install one."""

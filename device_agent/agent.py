@@ -1,0 +1,549 @@
+"""The device agent: registers with the edge, trains its part of the model round after round.
+
+One dispatcher task reads the device's topics; a round start launches the round's training task
+(cancelled by an abort or a newer round start); each batch goes forward, publishes its
+activations, awaits the gradient with a timeout (re-sending the batch if it is late: the edge
+never applies a batch twice), goes backward and steps. The MQTT link reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from broker.link import LastWill, LinkError, Message, MqttLink
+from broker.tasks import BackgroundTasks
+from device_agent.emulation import Emulation
+from device_agent.link_estimate import LinkEstimate
+from device_agent.sensors import read_battery, read_board_power
+from device_agent.settings import DeviceSettings
+from device_agent.trainer import DeviceTrainer
+from schemas import (
+    ActivationMeta,
+    CodecError,
+    ComputeProfile,
+    DeviceChannel,
+    DeviceStatus,
+    EdgeStatus,
+    ErrorReport,
+    Finish,
+    Frame,
+    GradientMeta,
+    Hello,
+    ModelInfo,
+    PowerFigures,
+    RoundAbort,
+    RoundClose,
+    RoundStart,
+    SchemaError,
+    Telemetry,
+    Topics,
+    WeightsMeta,
+    Welcome,
+    decode_frame,
+    encode_frame,
+    parse_ctrl,
+    parse_json,
+    parse_meta,
+    to_json,
+    to_meta,
+)
+from schemas.messages import DeviceState
+from splitnn.data import load_dataset, shard
+from splitnn.models import ModelSpec
+from splitnn.profiling import cumulative, profile_blocks
+from testbed.profiles import Phase
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+MAX_EXCUSED_RETRIES = 10  # batch re-sends not counted because the broker connection broke
+T = TypeVar("T")
+
+
+class RoundFailed(RuntimeError):
+    """The round cannot go on on this device (the edge stopped answering)."""
+
+
+@dataclass
+class RoundTally:
+    """What one round cost this device."""
+
+    busy_s: float = 0.0  # compute
+    uplink_s: float = 0.0
+    downlink_s: float = 0.0
+    loss_sum: float = 0.0  # summed over samples
+    samples: int = 0
+    batches: int = 0
+    round_trips: list[float] = field(default_factory=list)
+    behind_s: float = 0.0  # emulation: how far the host fell behind the emulated device
+
+
+@dataclass(frozen=True)
+class Pace:
+    """What a compute phase covers, so an emulated device can pad it to its own time."""
+
+    phases: tuple[Phase, ...]
+    blocks: int
+    batch: int
+    model: str
+
+
+class DeviceAgent:
+    def __init__(self, settings: DeviceSettings) -> None:
+        self.settings = settings
+        self.device_id = settings.device_id
+        self.topics = Topics(settings.mqtt.prefix)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        full = load_dataset(
+            settings.dataset, "train", data_dir=settings.data_dir, seed=settings.seed
+        )
+        self.data = shard(
+            full,
+            settings.num_shards,
+            settings.shard_index,
+            count=settings.shard_count,
+            scheme=settings.partition,
+            seed=settings.seed,
+        )
+        # Each device shuffles its own shard its own way.
+        self.trainer = DeviceTrainer(
+            self.data, seed=settings.seed * 1_000_003 + settings.shard_index
+        )
+        self.instance = uuid.uuid4().hex[:12]
+        self.edge_session: str | None = None
+        self.rounds_done = 0
+        self.finished = asyncio.Event()
+        self._link: MqttLink | None = None
+        self._training: asyncio.Task[None] | None = None
+        self._training_round: int | None = None
+        self._closing_round: int | None = None  # the edge asked us to wrap this round up
+        self._pending: dict[tuple[int, int], asyncio.Future[Frame]] = {}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.device_id}-compute")
+        self._background = BackgroundTasks()
+        self._timings: ComputeProfile | None = None  # our measured block timings
+        self.link = LinkEstimate.new()
+        self.emulation = Emulation(settings)
+        self._speed_ratio: float | None = None
+
+    async def run(self) -> None:
+        """Serve rounds until the edge says training is over (if exit_on_finish) or cancelled."""
+        own = [
+            (self.topics.device(self.device_id, ch), 1)
+            for ch in (DeviceChannel.CTRL, DeviceChannel.GRAD, DeviceChannel.ERROR)
+        ]
+        subscriptions = [*own, (self.topics.edge_status, 1)]
+        will = LastWill(
+            self.topics.device(self.device_id, DeviceChannel.STATUS),
+            to_json(DeviceStatus(device_id=self.device_id, state="offline")),
+        )
+        link = MqttLink(
+            self.settings.mqtt, f"ares-dev-{self.device_id}", subscriptions,
+            will=will, on_connect=self._announce, shaper=self.emulation.shaper,
+        )  # fmt: skip
+        try:
+            self._link = link  # before connecting: on_connect publishes through it
+            async with link, asyncio.TaskGroup() as tasks:
+                dispatcher = tasks.create_task(self._dispatch(link), name="device-dispatch")
+                telemetry = tasks.create_task(self._telemetry_loop(), name="device-telemetry")
+                schedules = tasks.create_task(self.emulation.follow_schedules(), name="schedules")
+                try:
+                    if self.settings.exit_on_finish:
+                        await self.finished.wait()
+                    else:
+                        await asyncio.Event().wait()  # until cancelled (SIGTERM, Ctrl-C)
+                finally:
+                    await self._stop_training()
+                    dispatcher.cancel()
+                    telemetry.cancel()
+                    schedules.cancel()
+                    await self._background.drain(2.0)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self._publish_status("offline"), 2.0)
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- inbound --------------------------------------------------------------------------------
+
+    async def _dispatch(self, link: MqttLink) -> None:
+        async for message in link.messages():
+            try:
+                self._handle(message)
+            except (SchemaError, CodecError) as exc:
+                log.warning(
+                    "%s: ignored a bad message on %s: %s", self.device_id, message.topic, exc
+                )
+            except Exception:  # a bug must not stop the agent from reading its messages
+                log.exception("%s: handling a message on %s failed", self.device_id,
+                              message.topic)  # fmt: skip
+
+    def _handle(self, message: Message) -> None:
+        if not message.payload:
+            return
+        if message.topic == self.topics.edge_status:
+            self._on_edge_status(parse_json(EdgeStatus, message.payload))
+            return
+        parsed = self.topics.parse_device_topic(message.topic)
+        if parsed is None or parsed[0] != self.device_id:
+            return
+        channel = parsed[1]
+        if channel is DeviceChannel.ERROR:
+            error = parse_json(ErrorReport, message.payload)
+            log.warning("%s: the edge rejected %s: %s %s", self.device_id, error.channel,
+                        error.reason, error.detail)  # fmt: skip
+            return
+        frame = decode_frame(message.payload, max_bytes=self.settings.mqtt.max_payload_bytes)
+        if channel is DeviceChannel.GRAD:
+            grad = parse_meta(GradientMeta, frame.meta)
+            future = self._pending.get((grad.round, grad.seq))
+            if future is not None and not future.done():
+                future.set_result(frame)
+            return
+        if channel is DeviceChannel.CTRL:
+            self._on_ctrl(parse_ctrl(frame.meta), frame)
+
+    def _on_edge_status(self, status: EdgeStatus) -> None:
+        if status.state == "stopped" or status.session == self.edge_session:
+            return
+        # A new edge session (the edge started or restarted): register with it.
+        log.info("%s: edge session %s is live", self.device_id, status.session)
+        self.edge_session = status.session
+        self._background.spawn(self._send_hello())
+
+    def _on_ctrl(
+        self, message: Welcome | RoundStart | RoundClose | RoundAbort | Finish, frame: Frame
+    ) -> None:
+        if isinstance(message, Welcome):
+            log.info("%s: registered with edge session %s", self.device_id, message.session)
+            self.edge_session = message.session
+            self._background.spawn(self._report_profile(message.model, message.batch_size))
+        elif isinstance(message, RoundStart):
+            self._cancel_training()
+            self._training_round = message.round
+            self._training = asyncio.create_task(
+                self._train_round(message, frame), name=f"round-{message.round}"
+            )
+        elif isinstance(message, RoundClose):
+            if message.round == self._training_round:
+                self._closing_round = message.round
+        elif isinstance(message, RoundAbort):
+            if message.round == self._training_round:
+                log.warning(
+                    "%s: round %d aborted: %s", self.device_id, message.round, message.reason
+                )
+                self._cancel_training()
+        else:
+            log.info("%s: edge finished: %s", self.device_id, message.reason)
+            self._cancel_training()
+            self.finished.set()
+
+    # --- training -------------------------------------------------------------------------------
+
+    async def _train_round(self, start: RoundStart, frame: Frame) -> None:
+        round_no, train = start.round, start.train
+        tally = RoundTally()
+        try:
+            await self._compute(self.trainer.start_round, start, frame.tensors)
+            await self._compute(self.emulation.prepare, start.model.name)
+            await self._publish_status("training", round_no)
+            log.info("%s: round %d, cut %d, %d batches", self.device_id, round_no, start.split,
+                     train.batches)  # fmt: skip
+            for seq in range(train.batches):
+                if self._closing_round == round_no:
+                    log.warning("%s: round %d closed by the edge after %d of %d batches",
+                                self.device_id, round_no, seq, train.batches)  # fmt: skip
+                    break
+                if self.trainer.trains_whole_model:
+                    pace = Pace(("forward", "backward"), start.split, train.batch_size,
+                                start.model.name)  # fmt: skip
+                    loss, batch = await self._timed(tally, pace, self.trainer.local_step)
+                else:
+                    loss, batch = await self._split_batch(start, seq, tally)
+                tally.loss_sum += loss * batch
+                tally.samples += batch
+                tally.batches += 1
+            self.emulation.account(tally.busy_s, tally.uplink_s, tally.downlink_s)
+            if tally.behind_s > 0.05 * tally.busy_s:
+                log.warning("%s: this host cannot keep up with the emulated %s: %.2f s behind "
+                            "in round %d", self.device_id, self.settings.profile, tally.behind_s,
+                            round_no)  # fmt: skip
+            await self._upload_weights(start, tally)
+            self.rounds_done += 1
+            log.info("%s: round %d done: %d samples, busy %.2f s", self.device_id, round_no,
+                     tally.samples, tally.busy_s)  # fmt: skip
+            if self._measure_speed(start, tally.busy_s):
+                self._background.spawn(
+                    self._report_profile(start.model, train.batch_size, remeasure=True)
+                )
+            await self._publish_status("idle", round_no)
+            with contextlib.suppress(LinkError):  # the periodic telemetry will follow
+                await self._publish_telemetry(round_no, tally)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, RoundFailed):
+                log.warning("%s: round %d failed: %s", self.device_id, round_no, exc)
+            else:
+                log.exception("%s: round %d failed", self.device_id, round_no)
+            # Tell the edge at once instead of letting it wait for the round deadline.
+            await self._publish_status("aborted", round_no)
+
+    async def _split_batch(
+        self, start: RoundStart, seq: int, tally: RoundTally
+    ) -> tuple[float, int]:
+        """Forward to the cut, exchange with the edge, backward; returns (loss, batch size)."""
+        model, batch, cut = start.model.name, start.train.batch_size, start.split
+        act, labels = await self._timed(tally, Pace(("forward",), cut, batch, model),
+                                        self.trainer.forward)  # fmt: skip
+        meta = ActivationMeta(device_id=self.device_id, round=start.round, seq=seq)
+        payload = encode_frame(
+            to_meta(meta), {"act": act, "labels": labels},
+            max_bytes=self.settings.mqtt.max_payload_bytes,
+        )  # fmt: skip
+        reply = await self._exchange(start.round, seq, payload, start.train.batch_timeout_s, tally)
+        await self._timed(tally, Pace(("backward",), cut, batch, model), self.trainer.backward,
+                          self._check_grad(reply, act))  # fmt: skip
+        return parse_meta(GradientMeta, reply.meta).loss, int(labels.shape[0])
+
+    async def _upload_weights(self, start: RoundStart, tally: RoundTally) -> None:
+        weights = WeightsMeta(
+            device_id=self.device_id, round=start.round, split=start.split,
+            samples=tally.samples, batches=tally.batches, busy_s=tally.busy_s,
+            loss=tally.loss_sum / tally.samples if tally.samples else None,
+            rtt_median_s=statistics.median(tally.round_trips) if tally.round_trips else None,
+            uplink_s=tally.uplink_s, downlink_s=tally.downlink_s, behind_s=tally.behind_s,
+        )  # fmt: skip
+        state = await self._compute(self.trainer.state)
+        payload = encode_frame(
+            to_meta(weights), state, max_bytes=self.settings.mqtt.max_payload_bytes
+        )
+        sent = time.perf_counter()
+        await self._publish(self.topics.device(self.device_id, DeviceChannel.WEIGHTS), payload)
+        self.link.uplink.add(len(payload), time.perf_counter() - sent)
+
+    async def _exchange(
+        self, round_no: int, seq: int, payload: bytes, wait_s: float, tally: RoundTally
+    ) -> Frame:
+        """Publish one batch's activations and wait for its gradient, re-sending if late.
+
+        Times both directions for the link estimate: the publish returns at the broker's
+        PUBACK (uplink); the round trip minus that and the edge's own time is the downlink.
+        """
+        key = (round_no, seq)
+        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        topic = self.topics.device(self.device_id, DeviceChannel.ACT)
+        try:
+            tries, excused = 0, 0
+            while tries <= self.settings.grad_retries:
+                if tries or excused:
+                    log.warning("%s: gradient %d/%d late; re-sending (try %d)",
+                                self.device_id, round_no, seq, tries + excused + 1)  # fmt: skip
+                assert self._link is not None
+                connects = self._link.connects
+                sent = time.perf_counter()
+                await self._publish(topic, payload)
+                uplink_s = time.perf_counter() - sent
+                try:
+                    reply = await asyncio.wait_for(asyncio.shield(future), wait_s)
+                except TimeoutError:
+                    # A wait spoilt by a reconnect (the broker went away) is not the edge's
+                    # fault: it does not use up a retry, up to a bound.
+                    spoilt = connects != self._link.connects or not self._link.is_connected
+                    if spoilt and excused < MAX_EXCUSED_RETRIES:
+                        excused += 1
+                    else:
+                        tries += 1
+                    continue
+                round_trip = time.perf_counter() - sent
+                edge_s = parse_meta(GradientMeta, reply.meta).server_s
+                downlink_s = max(round_trip - uplink_s - edge_s, 0.0)
+                grad_bytes = sum(t.nbytes for t in reply.tensors.values())
+                self.link.uplink.add(len(payload), uplink_s)
+                self.link.downlink.add(grad_bytes, downlink_s)
+                tally.round_trips.append(round_trip)
+                tally.uplink_s += uplink_s
+                tally.downlink_s += downlink_s
+                return reply
+            raise RoundFailed(f"no gradient for batch {seq} after {tries + excused} tries")
+        finally:
+            self._pending.pop(key, None)
+
+    async def _timed(self, tally: RoundTally, pace: Pace, fn: Callable[..., T], *args: Any) -> T:
+        """Run torch work in the compute thread, counting its time as busy.
+
+        An emulated device then waits out the rest of its own, slower time for the phase.
+        """
+        began = time.perf_counter()
+        result = await self._compute(fn, *args)
+        host_s = time.perf_counter() - began
+        target = self.emulation.target_s(pace.phases, pace.blocks, pace.batch, pace.model, host_s)
+        tally.behind_s += await self.emulation.pace(began, target)
+        tally.busy_s += time.perf_counter() - began
+        return result
+
+    @staticmethod
+    def _check_grad(reply: Frame, act: np.ndarray) -> np.ndarray:
+        grad = reply.tensors.get("grad")
+        if grad is None or grad.shape != act.shape or grad.dtype != act.dtype:
+            raise RoundFailed("the edge sent a gradient of the wrong shape or dtype")
+        if not np.isfinite(grad).all():
+            raise RoundFailed("the edge sent a non-finite gradient")
+        return grad
+
+    async def _report_profile(
+        self, model: ModelInfo, batch_size: int, *, remeasure: bool = False
+    ) -> None:
+        """Measure every block's forward and backward time here, and tell the edge."""
+        known = self._timings
+        if (
+            remeasure
+            or known is None
+            or (known.model, known.batch_size) != (model.name, batch_size)
+        ):
+            spec = ModelSpec(model.name, model.in_channels, model.image_size, model.num_classes)
+            measured = await self._compute(profile_blocks, spec, batch_size)
+            await self._compute(self.emulation.prepare, model.name)
+            forward, backward = self.emulation.block_times(
+                measured.forward_s, measured.backward_s, batch_size, model.name
+            )
+            self._timings = ComputeProfile(
+                model=model.name, batch_size=batch_size, forward_s=forward, backward_s=backward
+            )
+            log.info("%s: profiled %s (%s): %.4f s forward, %.4f s backward per batch of %d",
+                     self.device_id, model.name, self.settings.profile, sum(forward),
+                     sum(backward), batch_size)  # fmt: skip
+        await self._publish_telemetry()
+
+    async def _publish_telemetry(
+        self, round_no: int | None = None, tally: RoundTally | None = None
+    ) -> None:
+        """Everything the planner can use, measured here; the compute profile rides along."""
+        emulated = self.emulation.battery
+        battery = emulated.reading() if emulated else read_battery(self.settings.sysfs_root)
+        board = read_board_power(self.settings.sysfs_root)
+        up, down = self.link.uplink, self.link.downlink
+        telemetry = Telemetry(
+            device_id=self.device_id,
+            round=round_no,
+            batches=len(tally.round_trips) if tally else 0,
+            busy_s=tally.busy_s if tally else 0.0,
+            speed_ratio=self._speed_ratio,
+            uplink_bps=up.bps,
+            downlink_bps=down.bps,
+            uplink_samples=up.samples,
+            downlink_samples=down.samples,
+            battery_pct=battery.percent if battery else None,
+            charging=battery.charging if battery else None,
+            board_power_w=board.total_w if board else None,
+            compute=self._timings,
+        )
+        topic = self.topics.device(self.device_id, DeviceChannel.TELEMETRY)
+        await self._publish(topic, to_json(telemetry))
+
+    async def _telemetry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.telemetry_interval_s)
+            if self._link is not None and self._link.is_connected:
+                with contextlib.suppress(LinkError):
+                    await self._publish_telemetry()
+
+    def _measure_speed(self, start: RoundStart, busy_s: float) -> bool:
+        """Compare this round's compute time with the profile's; True if it drifted far."""
+        profile = self._timings
+        if profile is None or profile.model != start.model.name:
+            return False
+        per_block = [f + b for f, b in zip(profile.forward_s, profile.backward_s, strict=True)]
+        scale = start.train.batch_size / profile.batch_size
+        predicted = cumulative(per_block)[start.split - 1] * scale * start.train.batches
+        if predicted <= 0:
+            return False
+        self._speed_ratio = busy_s / predicted
+        # Small absolute differences are overheads (encoding, scheduling), not a new speed.
+        far = not 0.5 <= self._speed_ratio <= 2.0
+        return far and abs(busy_s - predicted) > 0.5
+
+    async def _compute(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _cancel_training(self) -> None:
+        if self._training is not None and not self._training.done():
+            self._training.cancel()
+
+    async def _stop_training(self) -> None:
+        self._cancel_training()
+        if self._training is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._training
+
+    # --- outbound -------------------------------------------------------------------------------
+
+    async def _announce(self) -> None:
+        """On every (re)connect: say we are online.
+
+        Registration follows the edge's retained status: a session we have not registered with
+        (on our first connect, or after the edge restarted) triggers a hello.
+        """
+        await self._publish_status("online")
+
+    async def _send_hello(self) -> None:
+        hello = Hello(
+            device_id=self.device_id,
+            instance=self.instance,
+            agent_version=AGENT_VERSION,
+            samples=len(self.data),
+            dataset=self.settings.dataset,
+            input_shape=self.data.input_shape,
+            num_classes=self.data.num_classes,
+            profile=self.settings.profile,
+            link_mode=self.settings.link_mode,
+            **self._declared_resources(),
+        )
+        await self._publish(self.topics.device(self.device_id, DeviceChannel.HELLO), to_json(hello))
+
+    def _declared_resources(self) -> dict[str, Any]:
+        s = self.settings
+        declared: dict[str, Any] = {}
+        if s.power_compute_w is not None:
+            declared["power"] = PowerFigures(
+                compute_w=s.power_compute_w,
+                transmit_w=s.power_transmit_w or 0.0,
+                receive_w=s.power_receive_w or 0.0,
+            )
+        elif (power := self.emulation.power()) is not None:
+            declared["power"] = power
+        if s.memory_mb is not None:
+            declared["memory_bytes"] = int(s.memory_mb * 1e6)
+        elif self.emulation.profile.memory_bytes is not None:
+            declared["memory_bytes"] = self.emulation.profile.memory_bytes
+        if s.uplink_mbps is not None:
+            declared["uplink_bps"] = s.uplink_mbps * 1e6
+        if s.downlink_mbps is not None:
+            declared["downlink_bps"] = s.downlink_mbps * 1e6
+        if s.allowed_cuts:
+            declared["allowed_cuts"] = tuple(s.allowed_cuts)
+        return declared
+
+    async def _publish_status(self, state: DeviceState, round_no: int | None = None) -> None:
+        status = DeviceStatus(device_id=self.device_id, state=state, round=round_no)
+        topic = self.topics.device(self.device_id, DeviceChannel.STATUS)
+        try:
+            await self._publish(topic, to_json(status), retain=True)
+        except LinkError as exc:  # informative; the will covers the one that matters (offline)
+            log.warning("%s: status not published: %s", self.device_id, exc)
+
+    async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        assert self._link is not None
+        await self._link.publish(topic, payload, qos=1, retain=retain)

@@ -1,0 +1,84 @@
+"""The device agent's settings: defaults, then ARES_* environment variables, then flags."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.link import MqttSettings
+from schemas.topics import validate_device_id
+
+
+def default_device_id() -> str:
+    """The host name, made safe to be a topic level."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).strip("-.") or "device"
+    return name[:64]
+
+
+class DeviceSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ARES_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    mqtt: MqttSettings = MqttSettings()
+    device_id: str = Field(default_factory=default_device_id)
+
+    # The local data: a dataset, and which shard of it this device owns.
+    dataset: str = "digits"
+    data_dir: Path | None = None
+    num_shards: int = Field(default=1, ge=1)
+    shard_index: int = Field(default=0, ge=0)
+    shard_count: int = Field(default=1, ge=1)  # consecutive shards owned (a larger data share)
+    partition: Literal["iid", "label_skew"] = "iid"
+    seed: int = 0
+
+    # Emulation (testbed): a built-in device profile ("host": none), the emulated links and
+    # battery. Time scale > 1 runs the emulation faster, keeping every ratio.
+    profile: str = "host"
+    time_scale: float = Field(default=1.0, gt=0)
+    link_mode: Literal["direct", "tc", "token-bucket"] = "direct"
+    uplink_schedule: str | None = None  # token-bucket mode: Mbit/s, or JSON steps/trace spec
+    downlink_schedule: str | None = None
+    battery_wh: float | None = Field(default=None, gt=0)
+    battery_pct: float = Field(default=100.0, gt=0, le=100)
+    # Declared resources for the planner (None: not declared; the edge assumes its defaults).
+    power_compute_w: float | None = Field(default=None, ge=0)
+    power_transmit_w: float | None = Field(default=None, ge=0)
+    power_receive_w: float | None = Field(default=None, ge=0)
+    memory_mb: float | None = Field(default=None, gt=0)
+    uplink_mbps: float | None = Field(default=None, gt=0)
+    downlink_mbps: float | None = Field(default=None, gt=0)
+    allowed_cuts: list[int] | None = None  # cuts this device may take (None: any)
+    torch_threads: int | None = Field(default=None, ge=1)
+    grad_retries: int = Field(default=3, ge=0)  # re-sends of a batch whose gradient is late
+    telemetry_interval_s: float = Field(default=15.0, gt=0)
+    sysfs_root: Path = Path("/")  # where /sys is (tests point it at a fake tree)
+    exit_on_finish: bool = False
+
+    @field_validator("device_id")
+    @classmethod
+    def _check_id(cls, device_id: str) -> str:
+        return validate_device_id(device_id)
+
+    @model_validator(mode="after")
+    def _check_power(self) -> DeviceSettings:
+        given = [self.power_compute_w, self.power_transmit_w, self.power_receive_w]
+        if any(p is not None for p in given) and any(p is None for p in given):
+            raise ValueError(
+                "power_compute_w, power_transmit_w and power_receive_w go together: give all three"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_shard(self) -> DeviceSettings:
+        if self.shard_index + self.shard_count > self.num_shards:
+            raise ValueError(
+                f"shards {self.shard_index}..{self.shard_index + self.shard_count - 1} "
+                f"must lie below num_shards {self.num_shards}"
+            )
+        return self

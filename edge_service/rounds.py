@@ -1,0 +1,272 @@
+"""One training round on the edge: serve every device's batches, collect its part.
+
+Each participating device gets a ``DeviceRound``: an inbox of activation frames drained by its
+own worker task, so devices progress in parallel and a device only ever waits for the server
+compute (a small shared thread pool), never for another device's network traffic.
+The round ends when every device has uploaded its part, dropped out, or the deadline passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from edge_service.rejections import Counters, Rejected
+from edge_service.server_session import ServerSession
+from schemas import ActivationMeta, Frame, TrainConfig, WeightsMeta
+from splitnn.models import ModelSpec, cut_shapes, num_blocks
+from splitnn.partition import merge_states, split_state
+from splitnn.tensors import arrays_to_state
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["ok", "straggler", "dropped"]
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What every round of a run shares."""
+
+    spec: ModelSpec
+    torch_device: torch.device
+    max_frame_bytes: int
+    executor: Executor
+    counters: Counters
+    publish_grad: Callable[[str, bytes], Awaitable[None]]
+    # Asks a late device to stop and upload what it has (a RoundClose on its control topic).
+    close_device: Callable[[str], Awaitable[None]]
+    close_grace_s: float  # how long a closed device has to upload its partial part
+    # Counts a rejected message and tells the device why: (device, exception, seq).
+    reject: Callable[[str, Rejected, int | None], None]
+
+
+@dataclass
+class DeviceResult:
+    """What one device contributed to a round."""
+
+    device_id: str
+    split: int
+    status: Outcome
+    batches: int = 0
+    samples: int = 0
+    busy_s: float = 0.0
+    server_s: float = 0.0
+    train_loss: float | None = None
+    rtt_median_s: float | None = None
+    uplink_s: float = 0.0
+    downlink_s: float = 0.0
+    behind_s: float = 0.0
+    state: dict[str, torch.Tensor] | None = None  # full model state after the round, if ok
+    detail: str = ""
+
+
+@dataclass
+class DeviceRound:
+    device_id: str
+    split: int
+    train: TrainConfig
+    device_state: dict[str, torch.Tensor]  # what the device started from (keys, shapes, dtypes)
+    session: ServerSession | None  # None when the whole model runs on the device
+    # (meta, frame, perf_counter() at arrival)
+    inbox: asyncio.Queue[tuple[ActivationMeta, Frame, float]] = field(default_factory=asyncio.Queue)
+    result: asyncio.Future[DeviceResult] = field(default_factory=asyncio.Future)
+    closing: bool = False  # the deadline passed; a partial upload is still welcome
+
+
+class RoundRunner:
+    """Serves one round; the service routes this round's messages to it."""
+
+    def __init__(
+        self,
+        ctx: RoundContext,
+        round_no: int,
+        global_state: dict[str, torch.Tensor],
+        plan: dict[str, tuple[int, TrainConfig]],  # device id -> (split, training config)
+    ) -> None:
+        self.ctx = ctx
+        self.round_no = round_no
+        self.devices: dict[str, DeviceRound] = {}
+        blocks = num_blocks(ctx.spec)
+        for device_id, (split, train) in plan.items():
+            device_state, server_state = split_state(global_state, ctx.spec, split)
+            session = None
+            if split < blocks:
+                session = ServerSession(
+                    device_id=device_id,
+                    round_no=round_no,
+                    spec=ctx.spec,
+                    split=split,
+                    server_state=server_state,
+                    train=train,
+                    act_shape=tuple(cut_shapes(ctx.spec)[split - 1]),
+                    torch_device=ctx.torch_device,
+                    max_frame_bytes=ctx.max_frame_bytes,
+                )
+            self.devices[device_id] = DeviceRound(device_id, split, train, device_state, session)
+
+    async def run(self, timeout_s: float) -> list[DeviceResult]:
+        """Serve until every device finished or dropped, or ``timeout_s`` passed."""
+        async with asyncio.TaskGroup() as tasks:
+            workers = [
+                tasks.create_task(self._serve(d), name=f"serve-{d.device_id}")
+                for d in self.devices.values()
+                if d.session is not None
+            ]
+            futures = [d.result for d in self.devices.values()]
+            if futures:
+                await asyncio.wait(futures, timeout=timeout_s)
+            await self._close_late_devices()
+            for device in self.devices.values():
+                self._finish(device, "straggler", f"no upload within {timeout_s:.1f} s")
+            for worker in workers:
+                worker.cancel()
+        return [d.result.result() for d in self.devices.values()]
+
+    async def _close_late_devices(self) -> None:
+        """At the deadline, late devices that did some work may upload their part as it is."""
+        late = [d for d in self.devices.values() if not d.result.done()]
+        if not late:
+            return
+        for device in late:
+            device.closing = True
+        await asyncio.gather(
+            *(self.ctx.close_device(d.device_id) for d in late), return_exceptions=True
+        )
+        await asyncio.wait([d.result for d in late], timeout=self.ctx.close_grace_s)
+
+    def deliver_activation(self, device_id: str, meta: ActivationMeta, frame: Frame) -> None:
+        device = self._running(device_id)
+        if device.session is None:
+            raise Rejected("bad_split", "this device trains the whole model; no activations")
+        device.inbox.put_nowait((meta, frame, time.perf_counter()))
+
+    def deliver_weights(self, device_id: str, meta: WeightsMeta, frame: Frame) -> None:
+        """Validate a device's uploaded part and complete its round."""
+        device = self._running(device_id)
+        if meta.split != device.split:
+            raise Rejected("bad_split", f"weights for cut {meta.split}, expected {device.split}")
+        received = frame.tensors
+        if set(received) != set(device.device_state):
+            missing = sorted(set(device.device_state) - set(received))[:3]
+            extra = sorted(set(received) - set(device.device_state))[:3]
+            raise Rejected("bad_tensors", f"weights keys differ: missing {missing}, extra {extra}")
+        for name, reference in device.device_state.items():
+            array = received[name]
+            if (
+                array.shape != tuple(reference.shape)
+                or str(reference.dtype) != f"torch.{array.dtype}"
+            ):
+                raise Rejected(
+                    "bad_shape",
+                    f"{name}: {array.dtype}{list(array.shape)}, expected "
+                    f"{reference.dtype}{list(reference.shape)}",
+                )
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise Rejected("not_finite", f"{name} contains NaN or Inf")
+        # Copy out of the payload: the state outlives the message.
+        state = {k: v.clone() for k, v in arrays_to_state(received).items()}
+        result = DeviceResult(
+            device_id,
+            device.split,
+            # A closed device's part is partial: it counts by the samples it processed.
+            "straggler" if device.closing else "ok",
+            busy_s=meta.busy_s,
+            rtt_median_s=meta.rtt_median_s,
+            uplink_s=meta.uplink_s,
+            downlink_s=meta.downlink_s,
+            behind_s=meta.behind_s,
+        )
+        if device.session is None:
+            result.batches, result.samples, result.train_loss = (
+                meta.batches,
+                meta.samples,
+                meta.loss,
+            )
+            result.state = state
+        else:
+            stats = device.session.stats
+            if stats.batches != meta.batches:
+                # The edge's own count is the truth about which steps were applied.
+                self.ctx.counters.add("batch_count_mismatch")
+            result.batches, result.samples = stats.batches, stats.samples
+            result.server_s = stats.server_s
+            result.train_loss = stats.loss_sum / stats.samples if stats.samples else None
+            result.state = merge_states(self.ctx.spec, state, device.session.state())
+        device.result.set_result(result)
+
+    def drop(self, device_id: str, detail: str) -> None:
+        """The device vanished or restarted: it leaves the round now, not at the deadline."""
+        device = self.devices.get(device_id)
+        if device is not None:
+            self._finish(device, "dropped", detail)
+
+    def _running(self, device_id: str) -> DeviceRound:
+        device = self.devices.get(device_id)
+        if device is None:
+            raise Rejected("not_in_round", f"device is not part of round {self.round_no}")
+        if device.result.done():
+            raise Rejected("round_closed", f"device already left round {self.round_no}")
+        return device
+
+    def _finish(self, device: DeviceRound, status: Outcome, detail: str) -> None:
+        if device.result.done():
+            return
+        result = DeviceResult(device.device_id, device.split, status, detail=detail)
+        if device.session is not None:
+            stats = device.session.stats
+            result.batches, result.samples, result.server_s = (
+                stats.batches,
+                stats.samples,
+                stats.server_s,
+            )
+        device.result.set_result(result)
+        log.warning("round %d: %s is %s (%s)", self.round_no, device.device_id, status, detail)
+
+    async def _serve(self, device: DeviceRound) -> None:
+        """Answer this device's activation batches in order, exactly once each."""
+        session = device.session
+        assert session is not None
+        loop = asyncio.get_running_loop()
+        # A live device sends at least every batch timeout (it re-sends late batches): longer
+        # silence means it is gone even if its will has not arrived (e.g. a dead link).
+        silence_s = max(10.0, 3 * device.train.batch_timeout_s)
+        while not device.result.done():
+            try:
+                meta, frame, received = await asyncio.wait_for(device.inbox.get(), silence_s)
+            except TimeoutError:
+                self._finish(device, "dropped", f"silent for {silence_s:.0f} s")
+                return
+            if meta.seq < session.next_seq:
+                # A repeat (lost gradient or QoS 1 redelivery): never apply twice.
+                self.ctx.counters.add("duplicate_batches")
+                if meta.seq == session.next_seq - 1 and session.last_reply is not None:
+                    await self.ctx.publish_grad(device.device_id, session.last_reply)
+                continue
+            try:
+                if meta.seq > session.next_seq:
+                    raise Rejected("bad_seq", f"batch {meta.seq}, expected {session.next_seq}")
+                if meta.seq >= device.train.batches:
+                    raise Rejected("too_many_batches", f"round has {device.train.batches} batches")
+                act, labels = session.check_activation(frame.tensors)
+            except Rejected as exc:
+                self.ctx.reject(device.device_id, exc, meta.seq)
+                continue
+            try:
+                reply = await loop.run_in_executor(
+                    self.ctx.executor, session.step, meta.seq, act, labels, received
+                )
+            except Exception as exc:  # a failed step must not take the other devices down
+                log.exception("%s: server step %d failed", device.device_id, meta.seq)
+                self._finish(device, "dropped", f"server step failed: {exc}")
+                return
+            session.next_seq += 1
+            session.last_reply = reply
+            await self.ctx.publish_grad(device.device_id, reply)

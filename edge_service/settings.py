@@ -1,0 +1,93 @@
+"""The edge service's settings: defaults, then ARES_* environment variables, then flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.link import MqttSettings
+from edge_service.planning import Policy
+from schemas.topics import validate_device_id
+
+
+class EdgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ARES_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    mqtt: MqttSettings = MqttSettings()
+    client_id: str = "ares-edge"
+
+    # What is trained.
+    model: str = "small_cnn"
+    dataset: str = "digits"
+    data_dir: Path | None = None
+    seed: int = 0
+
+    # Rounds and who takes part.
+    rounds: int = Field(default=5, ge=1)
+    min_devices: int = Field(default=1, ge=1)
+    registration_timeout_s: float = Field(default=120.0, gt=0)
+
+    # How split points are chosen (see edge_service.planning): ares, static, fl or sl.
+    policy: Policy = "ares"
+    alpha: float = Field(default=0.5, ge=0, le=1)  # weight of time against device energy
+    # The sl policy's cuts: one for every device, overridden per device id. None = the middle cut.
+    split: int | None = Field(default=None, ge=1)
+    splits: dict[str, int] = Field(default_factory=dict)
+    # What the planner assumes for readings a device does not give.
+    assumed_power_compute_w: float = Field(default=5.0, ge=0)
+    assumed_power_transmit_w: float = Field(default=1.5, ge=0)
+    assumed_power_receive_w: float = Field(default=1.5, ge=0)
+    assumed_link_mbps: float = Field(default=20.0, gt=0)
+    profile_timeout_s: float = Field(default=60.0, ge=0)  # wait for device profiles (round 1)
+    telemetry_stale_s: float = Field(default=120.0, gt=0)  # older readings are marked stale
+
+    # Training hyper-parameters sent to the devices each round.
+    batch_size: int = Field(default=32, ge=1)
+    batches_per_round: int | None = Field(default=None, ge=1)  # None: one local epoch
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    wire_dtype: Literal["float32", "float16"] = "float32"  # activations and gradients
+    wire_dtypes: dict[str, Literal["float32", "float16"]] = Field(
+        default_factory=dict
+    )  # per device
+
+    # Every network wait is bounded.
+    # Straggler handling: a round's deadline is deadline_slack x the plan's predicted round time,
+    # at least deadline_floor_s and at most round_timeout_s; a device's wait for a gradient is
+    # deadline_slack x its predicted batch time, at least batch_timeout_s.
+    deadline_slack: float = Field(default=3.0, ge=1)
+    deadline_floor_s: float = Field(default=30.0, gt=0)
+    batch_timeout_s: float = Field(default=30.0, gt=0)
+    round_timeout_s: float = Field(default=900.0, gt=0)
+    # At the deadline late devices are asked for their part as it is; it counts by the samples
+    # it processed (False: only devices that finished count).
+    count_partial: bool = True
+    close_grace_s: float = Field(default=10.0, ge=0)
+
+    # Compute.
+    torch_device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    torch_threads: int | None = Field(default=None, ge=1)
+    compute_workers: int = Field(default=2, ge=1)
+    eval_batch_size: int = Field(default=512, ge=1)
+
+    report: Path | None = None
+    # Written atomically at every round end. When it exists the edge resumes from it (new
+    # devices and rejoining ones resynchronise at the next round start) unless fresh is set.
+    checkpoint: Path | None = Path("ares-edge.ckpt")
+    fresh: bool = False
+    finish_devices: bool = True  # tell the devices to stop when training is over
+
+    @field_validator("splits")
+    @classmethod
+    def _check_splits(cls, splits: dict[str, int]) -> dict[str, int]:
+        for device_id, cut in splits.items():
+            validate_device_id(device_id)
+            if cut < 1:
+                raise ValueError(f"split for {device_id} must be >= 1, got {cut}")
+        return splits

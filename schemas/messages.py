@@ -1,0 +1,334 @@
+"""Pydantic models of every message on the wire (protocol version 1).
+
+Human-facing messages (hello, status, telemetry, error, edge status, plan) travel as JSON so MQTT
+Explorer shows them as they are. Control, activation, gradient and weight messages travel as
+msgpack frames (see ``schemas.codec``) whose ``meta`` map is one of the models below.
+Every model is frozen, rejects unknown fields and carries ``v``, the protocol version.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from schemas.topics import validate_device_id
+
+PROTOCOL_VERSION: Literal[1] = 1
+
+DeviceId = Annotated[str, AfterValidator(validate_device_id)]
+RoundNo = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+WireDtype = Literal["float32", "float16"]
+EdgeState = Literal["starting", "waiting", "training", "evaluating", "finished", "stopped"]
+# "aborted": the device gave up the round named in the status (the edge need not wait for it).
+DeviceState = Literal["online", "idle", "training", "aborted", "offline"]
+
+
+class SchemaError(ValueError):
+    """A message does not match its schema; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = PROTOCOL_VERSION
+
+
+# --- device -> edge (JSON) -------------------------------------------------------------------
+
+Watts = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+BitRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class PowerFigures(WireModel):
+    """Board power while computing, transmitting and receiving (the cost model's P_c, P_t, P_r)."""
+
+    compute_w: Watts
+    transmit_w: Watts
+    receive_w: Watts
+
+
+class ComputeProfile(WireModel):
+    """Seconds per batch of every block of ``model``, measured on the device itself."""
+
+    model: str
+    batch_size: Annotated[int, Field(ge=1)]
+    forward_s: tuple[Seconds, ...]
+    backward_s: tuple[Seconds, ...]
+
+
+class Hello(WireModel):
+    """Registration, sent on connect and whenever the edge's session changes."""
+
+    kind: Literal["hello"] = "hello"
+    device_id: DeviceId
+    instance: str  # new for every agent process: a new instance has lost any round state
+    agent_version: str
+    samples: Annotated[int, Field(ge=1)]
+    dataset: str
+    input_shape: tuple[int, ...]
+    num_classes: Annotated[int, Field(ge=2)]
+    profile: str = "host"
+    link_mode: str = "direct"  # direct, tc (shaped namespace) or token-bucket (emulated links)
+    wire_dtypes: tuple[WireDtype, ...] = ("float32", "float16")
+    # Declared resources; None where the owner did not say (the planner then assumes defaults).
+    power: PowerFigures | None = None
+    memory_bytes: Annotated[int, Field(ge=0)] | None = None
+    uplink_bps: BitRate | None = None
+    downlink_bps: BitRate | None = None
+    allowed_cuts: tuple[Annotated[int, Field(ge=1)], ...] | None = None  # None: any cut
+
+
+class DeviceStatus(WireModel):
+    """Retained; the device's MQTT will publishes ``offline`` when it vanishes."""
+
+    kind: Literal["device_status"] = "device_status"
+    device_id: DeviceId
+    state: DeviceState
+    round: RoundNo | None = None
+
+
+class Telemetry(WireModel):
+    """Readings the planner can use; fields a device cannot measure stay None."""
+
+    kind: Literal["telemetry"] = "telemetry"
+    device_id: DeviceId
+    round: RoundNo | None = None
+    batches: Count = 0
+    busy_s: Seconds = 0.0
+    mean_batch_s: Seconds | None = None
+    # Measured compute time over what the device's profile predicts (1.0: as profiled).
+    speed_ratio: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    uplink_bps: BitRate | None = None  # smoothed estimates from the device's own transfers
+    downlink_bps: BitRate | None = None
+    uplink_samples: Count = 0
+    downlink_samples: Count = 0
+    battery_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    charging: bool | None = None
+    board_power_w: Watts | None = None
+    compute: ComputeProfile | None = None
+
+
+# --- edge -> all / edge -> device (JSON) -------------------------------------------------------
+
+
+class ErrorReport(WireModel):
+    """Published on a device's error topic when the edge rejects one of its messages."""
+
+    kind: Literal["error"] = "error"
+    device_id: str
+    channel: str
+    reason: str
+    detail: str
+    round: RoundNo | None = None
+    seq: Count | None = None
+
+
+class EdgeStatus(WireModel):
+    """Retained on the edge status topic: what the edge is doing now."""
+
+    kind: Literal["edge_status"] = "edge_status"
+    session: str
+    state: EdgeState
+    round: RoundNo  # the round in progress (or last run)
+    rounds: Count  # rounds planned
+    rounds_done: Count = 0
+    devices: dict[str, str] = Field(default_factory=dict)
+    last_round: dict[str, str] = Field(default_factory=dict)  # device: ok, straggler or dropped
+    accuracy: float | None = None
+    loss: float | None = None
+
+
+class DevicePlanEntry(WireModel):
+    split: Annotated[int, Field(ge=1)]
+    predicted_time_s: float
+    predicted_energy_j: float
+    reason: str  # why this cut (and why it changed or stayed)
+    inputs: str  # where the readings came from: measured, declared or assumed
+
+
+class PlanMessage(WireModel):
+    """Retained on the plan topic: every device's split point for a round, and why."""
+
+    kind: Literal["plan"] = "plan"
+    session: str
+    round: RoundNo
+    policy: str
+    alpha: Annotated[float, Field(ge=0, le=1)]
+    objective: float
+    devices: dict[str, DevicePlanEntry]
+    sitting_out: tuple[str, ...] = ()
+
+
+# --- control (frame meta, edge -> device) ------------------------------------------------------
+
+
+class ModelInfo(WireModel):
+    """Enough to rebuild the model architecture on the device."""
+
+    name: str
+    in_channels: Annotated[int, Field(ge=1)]
+    image_size: Annotated[int, Field(ge=1)]
+    num_classes: Annotated[int, Field(ge=2)]
+
+
+class TrainConfig(WireModel):
+    lr: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    batch_size: Annotated[int, Field(ge=1)]
+    batches: Annotated[int, Field(ge=1)]
+    batch_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    wire_dtype: WireDtype = "float32"
+
+
+class Welcome(WireModel):
+    """Registration accepted; the device profiles ``model`` at ``batch_size`` on its hardware."""
+
+    kind: Literal["welcome"] = "welcome"
+    session: str
+    device_id: DeviceId
+    model: ModelInfo
+    batch_size: Annotated[int, Field(ge=1)]
+
+
+class RoundStart(WireModel):
+    """Starts a round; the frame's tensors are the device part's weights for ``split``."""
+
+    kind: Literal["round_start"] = "round_start"
+    session: str
+    round: RoundNo
+    split: Annotated[int, Field(ge=1)]
+    model: ModelInfo
+    train: TrainConfig
+    deadline_s: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class RoundAbort(WireModel):
+    kind: Literal["round_abort"] = "round_abort"
+    session: str
+    round: RoundNo
+    reason: str
+
+
+class RoundClose(WireModel):
+    """The round's deadline passed: stop after the current batch and upload what you have."""
+
+    kind: Literal["round_close"] = "round_close"
+    session: str
+    round: RoundNo
+
+
+class Finish(WireModel):
+    """Training is over; agents may exit (the demo's agents do)."""
+
+    kind: Literal["finish"] = "finish"
+    session: str
+    reason: str
+
+
+CtrlMessage = Annotated[
+    Welcome | RoundStart | RoundClose | RoundAbort | Finish, Field(discriminator="kind")
+]
+
+# --- training traffic (frame meta) -------------------------------------------------------------
+
+
+class RoundTraffic(WireModel):
+    """What every device-to-edge frame of a round carries: who sent it, for which round."""
+
+    device_id: DeviceId
+    round: RoundNo
+
+
+class ActivationMeta(RoundTraffic):
+    """Tensors: ``act`` (batch x cut shape) and ``labels`` (int64, batch)."""
+
+    kind: Literal["act"] = "act"
+    seq: Count
+
+
+class GradientMeta(WireModel):
+    """Tensor: ``grad``, the loss gradient with respect to the cut activations."""
+
+    kind: Literal["grad"] = "grad"
+    round: RoundNo
+    seq: Count
+    loss: float
+    correct: Count
+    server_s: Seconds  # the edge's time for this batch, from receipt to reply (queue included)
+
+
+class WeightsMeta(RoundTraffic):
+    """Tensors: the device part's state dict after the round."""
+
+    kind: Literal["weights"] = "weights"
+    split: Annotated[int, Field(ge=1)]
+    samples: Count
+    batches: Count
+    busy_s: Seconds
+    loss: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    # Median time from publishing a batch's activations to holding its gradient.
+    rtt_median_s: Seconds | None = None
+    uplink_s: Seconds = 0.0  # time spent sending activations this round
+    downlink_s: Seconds = 0.0  # time spent receiving gradients this round
+    # Emulated devices: how far the host fell behind the emulated compute times (0: kept up).
+    behind_s: Seconds = 0.0
+
+
+# --- parsing and serialising -------------------------------------------------------------------
+
+M = TypeVar("M", bound=WireModel)
+_CTRL: TypeAdapter[Welcome | RoundStart | RoundClose | RoundAbort | Finish] = TypeAdapter(
+    CtrlMessage
+)
+
+
+def to_json(message: WireModel) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def to_meta(message: WireModel) -> dict[str, Any]:
+    """The plain map that goes into a frame's ``meta``."""
+    return message.model_dump(mode="json")
+
+
+def parse_json(model: type[M], payload: bytes | bytearray) -> M:
+    """Parse one JSON message, raising SchemaError for anything that does not fit."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; so are integers too long to
+        # convert; absurdly deep nesting exhausts the recursion limit.
+        raise SchemaError("bad_json", str(exc)[:200]) from None
+    return parse_meta(model, data)
+
+
+def parse_meta(model: type[M], data: object) -> M:
+    if isinstance(data, dict) and data.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        raise SchemaError("bad_version", f"protocol version {data.get('v')!r} is not supported")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SchemaError("bad_schema", _summarise(exc)) from None
+
+
+def parse_ctrl(data: object) -> Welcome | RoundStart | RoundClose | RoundAbort | Finish:
+    try:
+        return _CTRL.validate_python(data)
+    except ValidationError as exc:
+        raise SchemaError("bad_schema", _summarise(exc)) from None
+
+
+def _summarise(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    shown = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in errors[:3])
+    return shown + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")

@@ -1,0 +1,7 @@
+"""The one error type of the split-learning core."""
+
+from __future__ import annotations
+
+
+class SplitError(ValueError):
+    """A bad model spec, cut point or state dict (wrong keys, shapes, dtypes or weights)."""

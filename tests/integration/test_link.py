@@ -1,0 +1,61 @@
+"""The MQTT link survives a broker restart: it reconnects, resubscribes and delivers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from broker.link import LinkError, MqttLink
+from tests.integration.helpers import mqtt
+
+
+async def test_reconnects_after_broker_restart(mosquitto):
+    settings = mqtt(mosquitto, reconnect_min_s=0.05, reconnect_max_s=0.5, connect_timeout_s=2)
+    async with (
+        MqttLink(settings, "sub", [("t/#", 1)]) as sub,
+        MqttLink(settings, "pub", []) as pub,
+    ):
+        await pub.publish("t/a", b"before")
+        assert (await asyncio.wait_for(sub.receive(), 5)).payload == b"before"
+
+        mosquitto.kill()
+        await asyncio.sleep(0.3)
+        assert not pub.is_connected
+        mosquitto.restart()
+        # The broker keeps no state across the restart: the subscription is back only once
+        # the subscriber has reconnected (and resubscribed).
+        await sub.wait_connected(10)
+        await pub.publish("t/a", b"after")  # waits for its own reconnect
+        message = await asyncio.wait_for(sub.receive(), 10)
+        assert message.payload == b"after"
+        assert sub.connects == 2
+        assert pub.connects == 2
+
+
+async def test_publish_gives_up_after_its_deadline(mosquitto):
+    settings = mqtt(mosquitto, publish_timeout_s=0.5, connect_timeout_s=1)
+    async with MqttLink(settings, "pub", []) as pub:
+        mosquitto.kill()
+        with pytest.raises(LinkError, match="did not complete"):
+            await pub.publish("t", b"x")
+
+
+async def test_oversized_payload_is_refused_before_sending(mosquitto):
+    async with MqttLink(mqtt(mosquitto, max_payload_bytes=2048), "pub", []) as pub:
+        with pytest.raises(LinkError, match="exceeds max_payload_bytes"):
+            await pub.publish("t", b"x" * 4096)
+        assert pub.is_connected
+
+
+async def test_no_broker_fails_fast_with_a_clear_error():
+    settings = mqtt_url("mqtt://127.0.0.1:9", connect_timeout_s=0.5)
+    with pytest.raises(LinkError, match="no connection to the broker"):
+        async with MqttLink(settings, "x", []):
+            pass
+
+
+def mqtt_url(url: str, **changes):
+    from broker.link import MqttSettings
+
+    return MqttSettings(url=url, **changes)

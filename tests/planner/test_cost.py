@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from planner import (
+    CostTable,
+    DeviceProfile,
+    ModelProfile,
+    PlanningError,
+    ServerProfile,
+    batches_per_round,
+    cost_table,
+    memory_needed_bytes,
+)
+
+SERVER = ServerProfile(forward_s=(0.1, 0.2), backward_s=(0.3, 0.4))
+
+
+def _device(**overrides: Any) -> DeviceProfile:
+    fields: dict[str, Any] = {
+        "device_id": "dev",
+        "forward_s": (1.0, 2.0),
+        "backward_s": (3.0, 4.0),
+        "power_compute_w": 2.0,
+        "power_tx_w": 3.0,
+        "power_rx_w": 4.0,
+        "samples": 25,
+        "uplink_bps": 8000.0,
+        "downlink_bps": 16000.0,
+        "overhead_s": 0.5,
+    }
+    fields.update(overrides)
+    return DeviceProfile(**fields)
+
+
+def _model(**overrides: Any) -> ModelProfile:
+    fields: dict[str, Any] = {
+        "num_blocks": 2,
+        "activation_bytes": (1000, 10),
+        "param_bytes": (5, 7),
+        "activation_memory_bytes": (100, 200),
+        "batch_size": 10,
+    }
+    fields.update(overrides)
+    return ModelProfile(**fields)
+
+
+def test_batches_round_up() -> None:
+    assert batches_per_round(25, 10) == 3
+    assert batches_per_round(30, 10) == 3
+    assert batches_per_round(1, 100) == 1
+
+
+def test_hand_computed_cells() -> None:
+    table = cost_table([_device()], SERVER, _model())
+    # 3 batches. Cut 1: D = 1 + 3, C = 0.2 + 0.4, up 8000 bit / 8000 bit/s, down 8000 / 16000,
+    # Theta 0.5 -> 3 * 6.6 s; energy 3 * (2 * 4 + 3 * 1 + 4 * 0.5) J.
+    # Cut 2 (all on the device): D = 10, no server, no transfer -> 3 * 10.5 s and 3 * 2 * 10 J.
+    assert table.time_s[0] == pytest.approx([19.8, 31.5])
+    assert table.energy_j[0] == pytest.approx([39.0, 60.0])
+    assert table.num_cuts == 2
+    assert table.device_ids == ("dev",)
+
+
+def test_labels_and_separate_gradient_bytes() -> None:
+    table = cost_table([_device()], SERVER, _model(label_bytes=500, gradient_bytes=(2000, 10)))
+    # Cut 1: up (1000 + 500) * 8 / 8000 = 1.5 s, down 2000 * 8 / 16000 = 1.0 s.
+    assert table.time_s[0, 0] == pytest.approx(3 * (4 + 0.6 + 1.5 + 1.0 + 0.5))
+    assert table.energy_j[0, 0] == pytest.approx(3 * (2 * 4 + 3 * 1.5 + 4 * 1.0))
+    assert table.time_s[0, 1] == pytest.approx(31.5)  # labels never travel at cut L
+
+
+def test_memory_constraint() -> None:
+    model = _model()
+    # param_memory_factor 3: cut 1 needs 3 * 5 + 100, cut 2 needs 3 * 12 + 300 bytes.
+    assert memory_needed_bytes(model) == (115, 336)
+    table = cost_table([_device(memory_bytes=200)], SERVER, model)
+    assert table.feasible.tolist() == [[True, False]]
+    assert table.time_s[0, 1] == math.inf
+    assert table.energy_j[0, 1] == math.inf
+    with pytest.raises(PlanningError) as err:
+        cost_table([_device(memory_bytes=100)], SERVER, model)
+    assert err.value.field == "dev"
+
+
+def test_allowed_cuts() -> None:
+    table = cost_table([_device(allowed_cuts=frozenset({2}))], SERVER, _model())
+    assert table.feasible.tolist() == [[False, True]]
+    with pytest.raises(PlanningError) as err:
+        cost_table([_device(allowed_cuts=frozenset({3}))], SERVER, _model())
+    assert err.value.field == "dev"
+
+
+def test_shape_mismatches() -> None:
+    with pytest.raises(PlanningError) as err:
+        cost_table([_device()], ServerProfile((0.1,), (0.1,)), _model())
+    assert err.value.field == "server"
+    with pytest.raises(PlanningError) as err:
+        cost_table([_device(forward_s=(1.0,), backward_s=(1.0,))], SERVER, _model())
+    assert err.value.field == "dev"
+    with pytest.raises(PlanningError) as err:
+        cost_table([], SERVER, _model())
+    assert err.value.field == "devices"
+
+
+def test_table_carries_what_hysteresis_needs() -> None:
+    devices = [_device(), _device(device_id="b", battery_fraction=0.5, uplink_bps=1e3)]
+    table = cost_table(devices, SERVER, _model())
+    assert table.param_bytes == (5, 7)
+    assert table.uplink_bps.tolist() == [8000.0, 1000.0]
+    assert table.power_rx_w.tolist() == [4.0, 4.0]
+    assert table.battery_fraction == (None, 0.5)
+    assert table.row("b") == 1
+    with pytest.raises(PlanningError):
+        table.row("zzz")
+
+
+def test_table_is_read_only() -> None:
+    time = np.array([[1.0, 2.0]])
+    table = CostTable.from_arrays(time, [[1.0, 1.0]])
+    time[0, 0] = 99.0
+    assert table.time_s[0, 0] == 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        table.time_s[0, 0] = 5.0
+
+
+@pytest.mark.parametrize(
+    ("time", "energy", "field"),
+    [
+        ([[1.0, math.nan]], [[1.0, 1.0]], "time_s"),
+        ([[1.0, -1.0]], [[1.0, 1.0]], "time_s"),
+        ([[1.0, math.inf]], [[1.0, 1.0]], "energy_j"),
+        ([[math.inf]], [[math.inf]], "d0"),
+        ([[1.0, 2.0]], [[1.0]], "energy_j"),
+    ],
+)
+def test_table_validation(time: list[list[float]], energy: list[list[float]], field: str) -> None:
+    with pytest.raises(PlanningError) as err:
+        CostTable.from_arrays(time, energy)
+    assert err.value.field == field
+
+
+def test_duplicate_ids_rejected() -> None:
+    with pytest.raises(PlanningError) as err:
+        CostTable.from_arrays([[1.0], [1.0]], [[1.0], [1.0]], device_ids=["a", "a"])
+    assert err.value.field == "device_ids"

@@ -1,0 +1,101 @@
+"""Message schemas and topic names."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import (
+    DeviceChannel,
+    Hello,
+    RoundStart,
+    SchemaError,
+    Topics,
+    parse_ctrl,
+    parse_json,
+    to_json,
+    to_meta,
+)
+from schemas.messages import ModelInfo, TrainConfig
+
+
+def _hello(**changes):
+    fields = dict(
+        device_id="dev-0",
+        instance="abc",
+        agent_version="0.1.0",
+        samples=10,
+        dataset="digits",
+        input_shape=(1, 8, 8),
+        num_classes=10,
+    )
+    return Hello(**{**fields, **changes})
+
+
+def test_json_round_trip():
+    hello = _hello()
+    assert parse_json(Hello, to_json(hello)) == hello
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", "bad_json"),
+        (b"\xff\xfe", "bad_json"),
+        (b"[]", "bad_schema"),
+        (to_json(_hello())[:-1] + b', "extra": 1}', "bad_schema"),
+        (to_json(_hello()).replace(b'"v":1', b'"v":2'), "bad_version"),
+        (to_json(_hello()).replace(b'"dev-0"', b'"dev/0"'), "bad_schema"),
+        (to_json(_hello()).replace(b'"samples":10', b'"samples":-1'), "bad_schema"),
+    ],
+)
+def test_bad_json_messages_are_rejected_with_a_reason(payload, reason):
+    with pytest.raises(SchemaError) as err:
+        parse_json(Hello, payload)
+    assert err.value.reason == reason
+
+
+def test_ctrl_messages_are_discriminated_by_kind():
+    start = RoundStart(
+        session="s",
+        round=1,
+        split=2,
+        model=ModelInfo(name="small_cnn", in_channels=1, image_size=8, num_classes=10),
+        train=TrainConfig(lr=0.1, batch_size=4, batches=3, batch_timeout_s=5),
+        deadline_s=60,
+    )
+    assert parse_ctrl(to_meta(start)) == start
+    with pytest.raises(SchemaError):
+        parse_ctrl({**to_meta(start), "kind": "nope"})
+
+
+def test_messages_are_frozen():
+    with pytest.raises(Exception, match="frozen"):
+        _hello().samples = 3
+
+
+def test_topics_are_built_and_parsed_in_one_place():
+    topics = Topics("lab/ares")
+    topic = topics.device("jetson-1", DeviceChannel.ACT)
+    assert topic == "lab/ares/dev/jetson-1/act"
+    assert topics.parse_device_topic(topic) == ("jetson-1", DeviceChannel.ACT)
+    assert topics.all_devices(DeviceChannel.HELLO) == "lab/ares/dev/+/hello"
+    assert topics.edge_status == "lab/ares/edge/status"
+    for bad in (
+        "lab/ares/dev/x/unknown",
+        "lab/ares/dev/a/b/act",
+        "other/dev/x/act",
+        "lab/ares/dev//act",
+    ):
+        assert topics.parse_device_topic(bad) is None
+
+
+@pytest.mark.parametrize("device_id", ["", "a/b", "a+b", "#", "x" * 65, "-lead"])
+def test_device_ids_that_break_topics_are_refused(device_id):
+    with pytest.raises(ValueError, match="invalid device id"):
+        Topics().device(device_id, DeviceChannel.ACT)
+
+
+@pytest.mark.parametrize("prefix", ["", "a/+/b", "a/#", "a//b", "/a"])
+def test_bad_prefixes_are_refused(prefix):
+    with pytest.raises(ValueError, match="prefix"):
+        Topics(prefix)
