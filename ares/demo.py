@@ -237,7 +237,8 @@ async def _watch(url: str, processes: _Processes, options: DemoOptions) -> int:
             for name in processes.failed_devices():
                 print(f"  warning  {name} exited early; see {options.run_dir}/{name}.log")
             try:
-                message = await asyncio.wait_for(link.receive(), 0.5)
+                async with asyncio.timeout(0.5):
+                    message = await link.receive()
             except TimeoutError:
                 continue
             try:

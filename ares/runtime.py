@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+RECANCEL_AFTER_S = 5.0  # graceful shutdown takes ~3 s at most; past this, cancel once more
+
 
 def setup_logging(level: str = "INFO", name: str = "") -> None:
     prefix = f"{name} " if name else ""
@@ -41,10 +43,18 @@ async def _cancel_on_signals(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
+
+    def stop() -> None:
+        if task.done():
+            return
+        task.cancel()
+        # A backstop: should library code swallow the cancellation, ask again until we are gone.
+        loop.call_later(RECANCEL_AFTER_S, stop)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Not every platform or thread supports signal handlers.
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop)
     try:
         return await main()
     finally:

@@ -25,10 +25,12 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from broker.shaping import LinkShaper
-from broker.tasks import BackgroundTasks
+from broker.tasks import BackgroundTasks, cancel_and_wait
 from broker.urls import parse_broker_url
 
 log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 2.0  # how long closing a link waits for the broker to see us go
 
 
 class LinkError(RuntimeError):
@@ -134,7 +136,8 @@ class MqttLink:
 
     async def wait_connected(self, within_s: float) -> None:
         try:
-            await asyncio.wait_for(self._connected.wait(), within_s)
+            async with asyncio.timeout(within_s):
+                await self._connected.wait()
         except TimeoutError:
             raise LinkError(
                 f"no connection to the broker at {self.settings.url} after {within_s:.1f} s"
@@ -142,7 +145,8 @@ class MqttLink:
 
     async def _connected_within(self, seconds: float) -> bool:
         try:
-            await asyncio.wait_for(self._connected.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._connected.wait()
         except TimeoutError:
             return False
         return True
@@ -188,7 +192,8 @@ class MqttLink:
                 return
             # The connection broke under the publish: wait for the runner to notice, then retry.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._disconnected.wait(), min(remaining, 1.0))
+                async with asyncio.timeout(min(remaining, 1.0)):
+                    await self._disconnected.wait()
 
     async def _publish_once(
         self,
@@ -213,9 +218,7 @@ class MqttLink:
         finally:
             broken.cancel()
         if not attempt.done():
-            attempt.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await attempt
+            await cancel_and_wait(attempt)
             return False
         try:
             attempt.result()
@@ -228,9 +231,8 @@ class MqttLink:
         await self._background.drain(0)
         runner, self._runner = self._runner, None
         if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+            # Bounded: a broker that never acknowledges our DISCONNECT must not hold us here.
+            await cancel_and_wait(runner, within_s=STOP_TIMEOUT_S)
 
     async def _run(self) -> None:
         attempt = 0

@@ -1,4 +1,9 @@
-"""Fire-and-forget work (mostly publishes) that is still tracked, logged and drained."""
+"""Task housekeeping: tracked fire-and-forget work, and cancelling a task without losing ours.
+
+Cancellation must never be swallowed: a stop request (SIGTERM) that vanishes leaves a service
+running. ``asyncio.wait_for`` on Python 3.11 can lose one when its inner awaitable finishes at
+the same moment, so the services use ``asyncio.timeout`` and the helpers here instead.
+"""
 
 from __future__ import annotations
 
@@ -32,3 +37,17 @@ class BackgroundTasks:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
         for task in list(self._tasks):
             task.cancel()
+
+
+async def cancel_and_wait(task: asyncio.Future[Any], *, within_s: float | None = None) -> None:
+    """Cancel ``task`` and wait (at most ``within_s``) until it is gone.
+
+    Its outcome is dropped, but a cancellation of the *calling* task is passed on, never
+    mistaken for the cancelled task's own CancelledError.
+    """
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=within_s)
+    if not done:
+        log.warning("task %r did not stop within %.1f s; leaving it", task, within_s)
+    elif not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("cancelled task ended with %r", exc)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from broker.link import LastWill, LinkError, Message, MqttLink
-from broker.tasks import BackgroundTasks
+from broker.tasks import BackgroundTasks, cancel_and_wait
 from device_agent.emulation import Emulation
 from device_agent.link_estimate import LinkEstimate
 from device_agent.sensors import read_battery, read_board_power
@@ -171,7 +171,8 @@ class DeviceAgent:
                     schedules.cancel()
                     await self._background.drain(2.0)
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(self._publish_status("offline"), 2.0)
+                        async with asyncio.timeout(2.0):
+                            await self._publish_status("offline")
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -357,7 +358,8 @@ class DeviceAgent:
                 await self._publish(topic, payload)
                 uplink_s = time.perf_counter() - sent
                 try:
-                    reply = await asyncio.wait_for(asyncio.shield(future), wait_s)
+                    async with asyncio.timeout(wait_s):
+                        reply = await asyncio.shield(future)
                 except TimeoutError:
                     # A wait spoilt by a reconnect (the broker went away) is not the edge's
                     # fault: it does not use up a retry, up to a bound.
@@ -483,10 +485,8 @@ class DeviceAgent:
             self._training.cancel()
 
     async def _stop_training(self) -> None:
-        self._cancel_training()
         if self._training is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._training
+            await cancel_and_wait(self._training)
 
     # --- outbound -------------------------------------------------------------------------------
 

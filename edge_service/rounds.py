@@ -240,7 +240,8 @@ class RoundRunner:
         silence_s = max(10.0, 3 * device.train.batch_timeout_s)
         while not device.result.done():
             try:
-                meta, frame, received = await asyncio.wait_for(device.inbox.get(), silence_s)
+                async with asyncio.timeout(silence_s):
+                    meta, frame, received = await device.inbox.get()
             except TimeoutError:
                 self._finish(device, "dropped", f"silent for {silence_s:.0f} s")
                 return

@@ -269,7 +269,8 @@ class EdgeService:
                     # SIGTERM: the round in flight is abandoned (the checkpoint holds the last
                     # finished one); tell the devices, within a bound, then go.
                     with contextlib.suppress(TimeoutError, LinkError):
-                        await asyncio.wait_for(self._stopping(), SHUTDOWN_NOTICE_S)
+                        async with asyncio.timeout(SHUTDOWN_NOTICE_S):
+                            await self._stopping()
                     raise
                 finally:
                     dispatcher.cancel()
@@ -526,10 +527,9 @@ class EdgeService:
                     f"only {online} of {minimum} devices registered within {timeout_s:.0f} s"
                 )
             self._devices_changed.clear()
-            try:
-                await asyncio.wait_for(self._devices_changed.wait(), remaining)
-            except TimeoutError:
-                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._devices_changed.wait()
 
     async def _wait_for_profiles(self, timeout_s: float) -> None:
         """Give registered devices time to measure their block timings before the first plan."""
@@ -545,7 +545,8 @@ class EdgeService:
                 return
             self._devices_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._devices_changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._devices_changed.wait()
 
     def _online(self) -> int:
         return sum(1 for r in self.devices.values() if r.state != "offline")
