@@ -1,6 +1,7 @@
 """The ``ares`` command: a thin layer that turns flags into settings and starts a service.
 
-Precedence: defaults < ARES_* environment variables < command-line flags.
+Precedence: defaults < config file (--config or ARES_CONFIG) < ARES_* environment variables <
+command-line flags. ``ares config show edge|device [flags]`` prints the result.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -20,6 +21,11 @@ from ares import runtime
 from ares.plan_command import add_plan_parser
 from broker.errors import BrokerError
 from broker.link import LinkError
+from schemas.config_file import describe_error, load_settings, show_settings
+
+if TYPE_CHECKING:
+    from device_agent import DeviceSettings
+    from edge_service import EdgeSettings
 
 log = logging.getLogger("ares")
 
@@ -31,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ValidationError as exc:
-        print(f"ares {args.command}: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"ares {args.command}: invalid settings:\n{describe_error(exc)}", file=sys.stderr)
         return 2
     except (ValueError, OSError, LinkError, BrokerError) as exc:
         # Bad cuts, missing datasets, unreachable brokers: a clear line, not a traceback.
@@ -114,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_plan_parser(sub)
 
+    config = sub.add_parser("config", help="settings: show what a service would run with")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser(
+        "show",
+        help="print a service's effective settings (secrets masked) as TOML",
+        description="Takes the service's own flags, e.g.: ares config show device --config "
+        "/etc/ares/device.toml --id pi-1",
+    )
+    show.add_argument("service", choices=["edge", "device"])
+    show.add_argument("flags", nargs=argparse.REMAINDER, help="that service's flags")
+    show.set_defaults(handler=_config_show)
+
     broker = sub.add_parser("broker", help="run a local Mosquitto for testing")
     broker.add_argument("--port", type=int, default=0, help="0 picks a free port")
     broker.add_argument("--print-config", action="store_true", help="print the config and exit")
@@ -142,8 +160,22 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _mqtt_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", help="broker URL, mqtt://host:port or mqtts://host:port")
-    p.add_argument("--prefix", help="topic prefix (default ares/v1)")
+    p.add_argument("--config", type=Path, help="settings file (TOML, YAML or JSON); or ARES_CONFIG")
+    mqtt = p.add_argument_group("broker connection (the [mqtt] table of the config file)")
+    mqtt.add_argument("--broker", help="broker URL, mqtt://host:port or mqtts://host:port (TLS)")
+    mqtt.add_argument("--prefix", help="topic prefix (default ares/v1)")
+    mqtt.add_argument("--username", help="MQTT user name (a device's must be its id)")
+    mqtt.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    mqtt.add_argument("--ca-file", type=Path, help="CA certificate that signed the broker's")
+    mqtt.add_argument("--cert-file", type=Path, help="client certificate, if the broker wants one")
+    mqtt.add_argument("--key-file", type=Path, help="the client certificate's private key")
+
+
+MQTT_FLAGS = (
+    ("url", "broker"), ("prefix", "prefix"), ("username", "username"),
+    ("password_file", "password_file"), ("ca_file", "ca_file"), ("cert_file", "cert_file"),
+    ("key_file", "key_file"),
+)  # fmt: skip
 
 
 def _overrides(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -152,12 +184,9 @@ def _overrides(args: argparse.Namespace, *names: str) -> dict[str, Any]:
         n: getattr(args, n) for n in names if getattr(args, n, None) is not None
     }
     mqtt = {
-        key: value
-        for key, value in (
-            ("url", getattr(args, "broker", None)),
-            ("prefix", getattr(args, "prefix", None)),
-        )
-        if value is not None
+        key: getattr(args, flag)
+        for key, flag in MQTT_FLAGS
+        if getattr(args, flag, None) is not None
     }
     if mqtt:
         values["mqtt"] = mqtt
@@ -170,8 +199,9 @@ TRAINING = (
 )  # fmt: skip
 
 
-def _edge(args: argparse.Namespace) -> int:
-    from edge_service import EdgeService, EdgeSettings
+def edge_settings(args: argparse.Namespace) -> tuple[EdgeSettings, dict[str, Any]]:
+    """The edge's settings from its flags (and the file and environment); and the flags."""
+    from edge_service import EdgeSettings
 
     values = _overrides(
         args, *TRAINING, "min_devices", "torch_device", "torch_threads", "checkpoint", "fresh"
@@ -182,7 +212,13 @@ def _edge(args: argparse.Namespace) -> int:
         values["wire_dtypes"] = parse_per_device(args.wire_dtypes, "--wire-dtypes")
     if args.keep_devices:
         values["finish_devices"] = False
-    settings = EdgeSettings(**values)
+    return load_settings(EdgeSettings, args.config, **values), values
+
+
+def _edge(args: argparse.Namespace) -> int:
+    from edge_service import EdgeService
+
+    settings, _ = edge_settings(args)
     service = EdgeService(settings)
     try:
         report = runtime.run(service.run)
@@ -196,8 +232,9 @@ def _edge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device(args: argparse.Namespace) -> int:
-    from device_agent import DeviceAgent, DeviceSettings
+def device_settings(args: argparse.Namespace) -> tuple[DeviceSettings, dict[str, Any]]:
+    """A device agent's settings from its flags (and the file and environment); and the flags."""
+    from device_agent import DeviceSettings
 
     values = _overrides(
         args, "device_id", "dataset", "data_dir", "partition", "seed", "torch_threads",
@@ -215,7 +252,13 @@ def _device(args: argparse.Namespace) -> int:
     if args.shard:
         index, count = parse_shard(args.shard)
         values.update(shard_index=index, num_shards=count)
-    settings = DeviceSettings(**values)
+    return load_settings(DeviceSettings, args.config, **values), values
+
+
+def _device(args: argparse.Namespace) -> int:
+    from device_agent import DeviceAgent
+
+    settings, _ = device_settings(args)
     runtime.setup_logging(args.log_level, settings.device_id)
     agent = DeviceAgent(settings)
     try:
@@ -241,6 +284,15 @@ def _broker(args: argparse.Namespace) -> int:
 
 async def _forever() -> None:
     await asyncio.Event().wait()
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    service_args = build_parser().parse_args([args.service, *args.flags])
+    build = edge_settings if args.service == "edge" else device_settings
+    settings, flags = build(service_args)
+    print(f"# ares {args.service}: effective settings (defaults < file < ARES_* env < flags)")
+    print(show_settings(settings, service_args.config, flags), end="")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

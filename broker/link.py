@@ -22,7 +22,7 @@ from typing import Any, Literal, Self
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from broker.shaping import LinkShaper
 from broker.tasks import BackgroundTasks, cancel_and_wait
@@ -46,6 +46,8 @@ class MqttSettings(BaseModel):
     prefix: str = "ares/v1"
     username: str | None = None
     password: SecretStr | None = None
+    # Or a file holding it (first line), e.g. a systemd credential: keeps it out of configs.
+    password_file: Path | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -66,6 +68,30 @@ class MqttSettings(BaseModel):
     def _check_url(cls, url: str) -> str:
         parse_broker_url(url)
         return url
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> Self:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give mqtt.password or mqtt.password_file, not both")
+        if (self.password is not None or self.password_file is not None) and not self.username:
+            raise ValueError("a password needs mqtt.username")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("mqtt.key_file needs mqtt.cert_file (the client certificate)")
+        return self
+
+    def resolved_password(self) -> str | None:
+        """The password, read from password_file when that is how it is given."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is None:
+            return None
+        try:
+            lines = self.password_file.read_text().splitlines()
+        except OSError as exc:
+            raise LinkError(f"cannot read mqtt.password_file {self.password_file}: {exc}") from exc
+        if not lines or not lines[0]:
+            raise LinkError(f"mqtt.password_file {self.password_file} is empty")
+        return lines[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +140,7 @@ class MqttLink:
         self.connects = 0  # successful connections, reconnects included
 
     async def __aenter__(self) -> Self:
+        self._make_client()  # bad credentials or TLS files fail here, clearly, not in the runner
         self._runner = asyncio.create_task(self._run(), name=f"mqtt-link-{self.client_id}")
         try:
             await self.wait_connected(self.settings.connect_timeout_s)
@@ -285,7 +312,7 @@ class MqttLink:
             port,
             identifier=self.client_id,
             username=s.username,
-            password=s.password.get_secret_value() if s.password else None,
+            password=s.resolved_password(),
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             # MQTT 5: start clean once per process, then resume the session on reconnects so
             # QoS 1 messages queued while we were away are delivered. 3.1.1 always resumes.
@@ -324,7 +351,15 @@ def _convert(message: aiomqtt.Message) -> Message:
 
 
 def _tls_context(s: MqttSettings) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+    try:
+        context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise LinkError(f"cannot load mqtt.ca_file {s.ca_file}: {exc}") from exc
     if s.cert_file is not None:
-        context.load_cert_chain(str(s.cert_file), str(s.key_file) if s.key_file else None)
+        try:
+            context.load_cert_chain(str(s.cert_file), str(s.key_file) if s.key_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise LinkError(
+                f"cannot load the client certificate mqtt.cert_file {s.cert_file}: {exc}"
+            ) from exc
     return context

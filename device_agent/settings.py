@@ -1,4 +1,4 @@
-"""The device agent's settings: defaults, then ARES_* environment variables, then flags."""
+"""The device agent's settings: defaults < config file < ARES_* environment < flags."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.link import MqttSettings
+from schemas.config_file import ServiceSettings
 from schemas.topics import validate_device_id
 
 
@@ -20,11 +20,7 @@ def default_device_id() -> str:
     return name[:64]
 
 
-class DeviceSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ARES_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
-
+class DeviceSettings(ServiceSettings):
     mqtt: MqttSettings = MqttSettings()
     device_id: str = Field(default_factory=default_device_id)
 
@@ -64,6 +60,16 @@ class DeviceSettings(BaseSettings):
     @classmethod
     def _check_id(cls, device_id: str) -> str:
         return validate_device_id(device_id)
+
+    @model_validator(mode="after")
+    def _check_username(self) -> DeviceSettings:
+        # The broker's ACL confines each device to topics named by its user name (%u).
+        if self.mqtt.username is not None and self.mqtt.username != self.device_id:
+            raise ValueError(
+                f"mqtt.username {self.mqtt.username!r} must equal device_id {self.device_id!r}: "
+                "the broker confines a device to the topics under its own user name"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_power(self) -> DeviceSettings:

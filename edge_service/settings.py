@@ -1,4 +1,4 @@
-"""The edge service's settings: defaults, then ARES_* environment variables, then flags."""
+"""The edge service's settings: defaults < config file < ARES_* environment < flags."""
 
 from __future__ import annotations
 
@@ -6,18 +6,14 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.link import MqttSettings
 from edge_service.planning import Policy
+from schemas.config_file import ServiceSettings
 from schemas.topics import validate_device_id
 
 
-class EdgeSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ARES_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
-
+class EdgeSettings(ServiceSettings):
     mqtt: MqttSettings = MqttSettings()
     client_id: str = "ares-edge"
 

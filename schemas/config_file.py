@@ -1,0 +1,224 @@
+"""Where a service's settings come from, and how they are shown back.
+
+Precedence, lowest first: defaults < config file < ARES_* environment variables < command-line
+flags (passed to the settings class as keyword arguments). The config file is named by the
+``--config`` flag or the ``ARES_CONFIG`` variable; TOML, YAML or JSON by its suffix. Its keys are
+the settings' field names, with the MQTT settings in an ``[mqtt]`` table::
+
+    rounds = 20
+    policy = "ares"
+
+    [mqtt]
+    url = "mqtts://broker.lan:8883"
+    username = "ares-edge"
+    password_file = "/run/credentials/ares-edge.service/mqtt-password"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "ARES_CONFIG"
+ENV_PREFIX = "ARES_"
+MASK = "********"
+NESTED = ("mqtt",)  # settings that are tables of their own in the file ([mqtt])
+
+S = TypeVar("S", bound=BaseSettings)
+
+# The file named by --config while one settings object is built (None: fall back to ARES_CONFIG).
+_config_file: ContextVar[Path | None] = ContextVar("ares_config_file", default=None)
+
+
+class ConfigFileError(ValueError):
+    """The config file is missing, unreadable or not of a known format."""
+
+
+def config_file_path(explicit: Path | None = None) -> Path | None:
+    """The config file in effect: the flag's, else ``$ARES_CONFIG``, else none."""
+    if explicit is not None:
+        return explicit
+    named = os.environ.get(CONFIG_ENV, "").strip()
+    return Path(named) if named else None
+
+
+def file_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettingsSource | None:
+    """The settings source for the config file in effect, or None without one."""
+    path = config_file_path(_config_file.get())
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ConfigFileError(
+            f"config file {path} does not exist (named by --config or {CONFIG_ENV})"
+        )
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            return TomlConfigSettingsSource(settings_cls, toml_file=path)
+        if suffix in (".yaml", ".yml"):
+            return YamlConfigSettingsSource(settings_cls, yaml_file=path)
+        if suffix == ".json":
+            return JsonConfigSettingsSource(settings_cls, json_file=path)
+    except (OSError, ValueError) as exc:  # tomllib, yaml and json errors are ValueErrors
+        raise ConfigFileError(f"config file {path}: {exc}") from exc
+    raise ConfigFileError(f"config file {path}: use .toml, .yaml, .yml or .json")
+
+
+def ordered_sources(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """For ``settings_customise_sources``: flags, then environment, then the config file."""
+    from_file = file_source(settings_cls)
+    return (
+        (init_settings, env_settings)
+        if from_file is None
+        else (
+            init_settings,
+            env_settings,
+            from_file,
+        )
+    )
+
+
+class ServiceSettings(BaseSettings):
+    """Base of each service's settings: ARES_* variables (nested with ``__``) and the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return ordered_sources(settings_cls, init_settings, env_settings)
+
+
+@contextlib.contextmanager
+def _using(config_file: Path | None) -> Iterator[None]:
+    token = _config_file.set(config_file)
+    try:
+        yield
+    finally:
+        _config_file.reset(token)
+
+
+def load_settings(cls: type[S], config_file: Path | None = None, **flags: Any) -> S:
+    """Build ``cls`` from defaults, the config file, the environment and ``flags``."""
+    with _using(config_file):
+        return cls(**flags)
+
+
+# --- showing settings back ------------------------------------------------------------------------
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line per invalid setting, named as in the config file and the environment."""
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "(settings)"
+        env = ENV_PREFIX + "__".join(str(p) for p in error["loc"]).upper()
+        given = error.get("input")
+        shown = "" if isinstance(given, Mapping) or "password" in name else f" (got {given!r})"
+        lines.append(f"  {name}: {error['msg']}{shown}  [file key {name!r}, env {env}]")
+    return "\n".join(lines)
+
+
+def setting_sources(
+    settings: BaseSettings, config_file: Path | None, flags: Mapping[str, Any]
+) -> dict[str, str]:
+    """Where each given setting came from: 'flag', 'env' or 'file' (dotted names)."""
+    sources: dict[str, str] = {}
+    path = config_file_path(config_file)
+    if path is not None:
+        with _using(config_file):
+            source = file_source(type(settings))
+        if source is not None:
+            for name in _leaves(source()):
+                sources[name] = f"file {path}"
+    environ = {k.upper(): k for k in os.environ}
+    for name in _leaves(settings.model_dump()):
+        if ENV_PREFIX + name.replace(".", "__").upper() in environ:
+            sources[name] = "env " + ENV_PREFIX + name.replace(".", "__").upper()
+    for name in _leaves(dict(flags)):
+        sources[name] = "flag"
+    return sources
+
+
+def _leaves(values: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and key in NESTED:
+            yield from _leaves(value, name + ".")
+        else:
+            yield name
+
+
+def show_settings(
+    settings: BaseSettings, config_file: Path | None = None, flags: Mapping[str, Any] | None = None
+) -> str:
+    """The effective settings as TOML a user can paste into a config file.
+
+    Secrets are masked, unset values commented out, and each value not at its default says
+    where it came from.
+    """
+    sources = setting_sources(settings, config_file, flags or {})
+    scalars: list[tuple[str, Any]] = []
+    tables: list[tuple[str, Any]] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        (tables if isinstance(value, BaseModel) else scalars).append((name, value))
+    lines = [_toml_line(name, value, sources.get(name)) for name, value in scalars]
+    for table, model in tables:
+        lines += ["", f"[{table}]"]
+        lines += [
+            _toml_line(name, getattr(model, name), sources.get(f"{table}.{name}"))
+            for name in type(model).model_fields
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_line(key: str, value: Any, source: str | None) -> str:
+    note = f"  # from {source}" if source else ""
+    if value is None:
+        return f"# {key} = (unset){note}"
+    return f"{key} = {_toml_value(value)}{note}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return json.dumps(MASK)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + (f" {inner} " if inner else "") + "}"
+    return json.dumps(str(value))
