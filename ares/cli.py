@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ares import runtime
+from ares import logs, runtime
 from ares.plan_command import add_plan_parser
 from broker.errors import BrokerError
 from broker.link import LinkError
@@ -33,7 +33,7 @@ log = logging.getLogger("ares")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    runtime.setup_logging(args.log_level, getattr(args, "log_name", "") or "")
+    logs.setup_logging(args.log_level, getattr(args, "log_name", "") or "", args.log_format)
     try:
         return int(args.handler(args))
     except ValidationError as exc:
@@ -50,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ares", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=logs.default_format(),
+        help="text, or json (one JSON object per line); default $ARES_LOG_FORMAT or text",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="broker, edge service and N devices on this machine")
@@ -72,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--torch-threads", type=int)
     edge.add_argument("--keep-devices", action="store_true", help="do not stop devices at the end")
     edge.add_argument("--checkpoint", type=Path, help="checkpoint file (default ares-edge.ckpt)")
+    edge.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free one)"
+    )
     edge.add_argument(
         "--fresh",
         action="store_true",
@@ -204,8 +213,9 @@ def edge_settings(args: argparse.Namespace) -> tuple[EdgeSettings, dict[str, Any
     from edge_service import EdgeSettings
 
     values = _overrides(
-        args, *TRAINING, "min_devices", "torch_device", "torch_threads", "checkpoint", "fresh"
-    )
+        args, *TRAINING, "min_devices", "torch_device", "torch_threads", "checkpoint", "fresh",
+        "metrics_port",
+    )  # fmt: skip
     if args.splits:
         values["splits"] = parse_per_device(args.splits, "--splits")
     if args.wire_dtypes:
@@ -259,7 +269,7 @@ def _device(args: argparse.Namespace) -> int:
     from device_agent import DeviceAgent
 
     settings, _ = device_settings(args)
-    runtime.setup_logging(args.log_level, settings.device_id)
+    logs.setup_logging(args.log_level, settings.device_id, args.log_format)
     agent = DeviceAgent(settings)
     try:
         runtime.run(agent.run)

@@ -1,29 +1,16 @@
-"""Running a service's coroutine: uvloop where available, logging, signals."""
+"""Running a service's coroutine: uvloop where available, signals."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 RECANCEL_AFTER_S = 5.0  # graceful shutdown takes ~3 s at most; past this, cancel once more
-
-
-def setup_logging(level: str = "INFO", name: str = "") -> None:
-    prefix = f"{name} " if name else ""
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # paho and aiomqtt are chatty at INFO about things we log ourselves.
-    logging.getLogger("aiomqtt").setLevel(logging.WARNING)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:

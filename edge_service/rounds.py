@@ -270,4 +270,5 @@ class RoundRunner:
                 return
             session.next_seq += 1
             session.last_reply = reply
+            self.ctx.counters.add("batches")
             await self.ctx.publish_grad(device.device_id, reply)

@@ -30,6 +30,7 @@ from edge_service.checkpoint import (
     write_checkpoint,
 )
 from edge_service.evaluation import Evaluation, evaluate
+from edge_service.metrics import DeviceView, EdgeCollector, EdgeView, MetricsServer
 from edge_service.planning import DeviceReadings, PlanDefaults, RoundPlan, SplitPlanner
 from edge_service.rejections import Counters, Rejected
 from edge_service.report import DeviceRoundReport, RoundReport, RunReport
@@ -191,6 +192,7 @@ class EdgeService:
         self._link: MqttLink | None = None
         self._round: RoundRunner | None = None
         self._round_no = 0
+        self.metrics: MetricsServer | None = None  # serving while run() runs, if configured
         self._devices_changed = asyncio.Event()
         self._background = BackgroundTasks()
         self.report = RunReport(
@@ -258,7 +260,7 @@ class EdgeService:
                 on_connect=self._announce,
             )
             self._link = link  # before connecting: on_connect publishes through it
-            async with link, asyncio.TaskGroup() as tasks:
+            async with link, self._metrics_endpoint(), asyncio.TaskGroup() as tasks:
                 dispatcher = tasks.create_task(self._dispatch(link), name="edge-dispatch")
                 try:
                     await self._train(executor)
@@ -280,6 +282,41 @@ class EdgeService:
         self.report.counters = self.counters.snapshot()
         self._write_report()
         return self.report
+
+    def _metrics_endpoint(self) -> contextlib.AbstractAsyncContextManager[object]:
+        port = self.settings.metrics_port
+        if port is None:
+            return contextlib.nullcontext()
+        loop = asyncio.get_running_loop()
+
+        def view() -> EdgeView:
+            # Scrapes come on the server's thread: take the snapshot on the event loop.
+            return asyncio.run_coroutine_threadsafe(self._edge_view(), loop).result(2.0)
+
+        self.metrics = MetricsServer(EdgeCollector(view), port, self.settings.metrics_host)
+        return self.metrics
+
+    async def _edge_view(self) -> EdgeView:
+        last = self.report.rounds[-1].devices if self.report.rounds else {}
+        devices = {}
+        for device_id, record in self.devices.items():
+            link = record.measured_link or (record.hello.uplink_bps, record.hello.downlink_bps)
+            devices[device_id] = DeviceView(
+                state=record.state,
+                split=last[device_id].split if device_id in last else None,
+                uplink_bps=link[0],
+                downlink_bps=link[1],
+                battery_pct=record.telemetry.battery_pct if record.telemetry else None,
+            )
+        lag = getattr(self, "loop_lag", None)
+        return EdgeView(
+            report=self.report,
+            counters=self.counters.snapshot(),
+            devices=devices,
+            round_no=self._round_no,
+            rounds_planned=self.settings.rounds,
+            loop_lag_s=lag.quantiles() if lag is not None else {},
+        )
 
     async def _train(self, executor: Executor) -> None:
         settings = self.settings
@@ -560,6 +597,8 @@ class EdgeService:
                 self.counters.add("rejected.unknown_topic")
                 continue
             device_id, channel = parsed
+            self.counters.add(f"messages_in.{channel.value}")
+            self.counters.add(f"bytes_in.{channel.value}", len(message.payload))
             try:
                 self._handle(device_id, channel, message)
             except Rejected as exc:
@@ -758,4 +797,7 @@ class EdgeService:
 
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         assert self._link is not None
+        channel = topic.rsplit("/", 1)[-1]
+        self.counters.add(f"messages_out.{channel}")
+        self.counters.add(f"bytes_out.{channel}", len(payload))
         await self._link.publish(topic, payload, qos=1, retain=retain)

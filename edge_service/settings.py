@@ -72,6 +72,10 @@ class EdgeSettings(ServiceSettings):
     compute_workers: int = Field(default=2, ge=1)
     eval_batch_size: int = Field(default=512, ge=1)
 
+    # Prometheus metrics on http://metrics_host:metrics_port/metrics (None: off; 0: any port).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     report: Path | None = None
     # Written atomically at every round end. When it exists the edge resumes from it (new
     # devices and rejoining ones resynchronise at the next round start) unless fresh is set.
