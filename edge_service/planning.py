@@ -107,6 +107,7 @@ class SplitPlanner:
             activation_memory_bytes=server.activation_memory_bytes,
             batch_size=server.batch_size,
             label_bytes=8 * server.batch_size,  # int64 labels travel with every split batch
+            sync_weights=True,  # the device part's weights travel every round: count them
         )
         self._previous: dict[str, int] = {}
         self._static: dict[str, int] | None = None

@@ -13,6 +13,14 @@ For device phi at cut s (device runs blocks [0, s), edge server runs [s, L)):
     B, B' = uplink and downlink throughput in bit/s;  Theta = per-batch overhead (paid at every cut)
     W/xi = batches per round = ceil(W / batch_size)
 
+Beyond the paper (``ModelProfile.sync_weights``): each round the device part's weights go down
+with the round start and come back at its end, so
+
+    Delta_s(phi) += S_s / B'(phi) + S_s / B(phi)      E_s(phi) += P_r * S_s / B' + P_t * S_s / B
+
+with S_s = 8 * sum of param_bytes[0:s], once per round. On slow links this is what makes
+federated learning expensive (VGG5: 2.3 MB each way), and leaving it out mispredicts every cut.
+
 Why ceil: a device with W samples trains ``ceil(W / xi)`` batches per round; the last, partial batch
 still pays the per-batch overheads, the messages and most of the compute on these small devices, so
 counting it as a full batch is the conservative choice (a fractional W/xi would under-count it).
@@ -205,6 +213,7 @@ def cost_table(
     up_bits[-1] = 0.0  # cut L: federated learning, nothing crosses the link
     down_bits[-1] = 0.0
     memory_need = np.asarray(memory_needed_bytes(model), dtype=np.float64)
+    sync_bits = 8.0 * np.cumsum(np.asarray(model.param_bytes, dtype=np.float64))
     cuts = np.arange(1, L + 1)
 
     time_rows: list[FloatArray] = []
@@ -228,6 +237,11 @@ def cost_table(
             + device.power_tx_w * up_s
             + device.power_rx_w * down_s
         )
+        if model.sync_weights:
+            sync_up_s = sync_bits / device.uplink_bps
+            sync_down_s = sync_bits / device.downlink_bps
+            time = time + sync_up_s + sync_down_s
+            energy = energy + device.power_tx_w * sync_up_s + device.power_rx_w * sync_down_s
         feasible = np.ones(L, dtype=bool)
         if device.allowed_cuts is not None:
             feasible &= np.isin(cuts, sorted(device.allowed_cuts))

@@ -11,6 +11,9 @@ Format (YAML shown; JSON with the same structure works alike)::
     model: vgg5                     # a built-in model (see BUILTIN_MODELS) or a map, see below
     batch_size: 100                 # optional: overrides the model's batch size
     wire_dtype: float32             # optional: float32 (default) or float16
+    sync_weights: false             # optional: also price the device part's weights moving down
+                                    # and up once per round, as this system does (default false:
+                                    # the paper's cost model; see planner.cost)
     server: paper-edge              # a built-in server (see BUILTIN_SERVERS) or
                                     # {forward_s: [...], backward_s: [...]}
     defaults:                       # optional; any per-device setting marked (d) below
@@ -138,7 +141,16 @@ BUILTIN_SERVERS: Mapping[str, Callable[[], ServerProfile]] = MappingProxyType(
 )
 
 _TOP_KEYS = frozenset(
-    {"description", "model", "batch_size", "wire_dtype", "server", "defaults", "devices"}
+    {
+        "description",
+        "model",
+        "batch_size",
+        "wire_dtype",
+        "sync_weights",
+        "server",
+        "defaults",
+        "devices",
+    }
 )
 _MODEL_KEYS = frozenset(
     {
@@ -199,6 +211,12 @@ def plan_inputs_from_dict(data: Mapping[str, Any]) -> PlanInputs:
     wire = _optional(root, "", "wire_dtype", _wire_dtype) or "float32"
     model = _model(_required(root, "", "model"), "model", batch)
     model = _cast_wire(model, WIRE_DTYPE_BYTES[wire])
+    if "sync_weights" in root:
+        if not isinstance(root["sync_weights"], bool):
+            raise PlanningError(
+                "sync_weights", f"must be true or false, got {root['sync_weights']!r}"
+            )
+        model = dataclasses.replace(model, sync_weights=root["sync_weights"])
     context = _Context(
         num_blocks=model.num_blocks,
         builtin_time_scale=model.batch_size / PAPER_BATCH_SIZE,

@@ -157,6 +157,9 @@ class ModelProfile:
     ``param_bytes[i]``: bytes of block ``i``'s weights (memory, and the cost of moving the block).
     ``activation_memory_bytes[i]``: bytes block ``i`` keeps alive for the backward pass.
     ``param_memory_factor``: training memory per weight byte (3: weights, gradients, momentum).
+    ``sync_weights``: count the once-per-round transfer of the device part's weights (down at
+    the round start, up at its end), which this system's protocol does and the paper's cost model
+    leaves out (False: the paper's model exactly).
     Entries for cut ``L`` are kept for completeness but never sent (nothing crosses the link).
     """
 
@@ -168,6 +171,7 @@ class ModelProfile:
     gradient_bytes: tuple[int, ...] | None = None
     label_bytes: int = 0
     param_memory_factor: float = 3.0
+    sync_weights: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int):

@@ -66,6 +66,15 @@ def test_hand_computed_cells() -> None:
     assert table.device_ids == ("dev",)
 
 
+def test_weight_sync_is_priced_once_per_round() -> None:
+    plain = cost_table([_device()], SERVER, _model(param_bytes=(500, 1500)))
+    synced = cost_table([_device()], SERVER, _model(param_bytes=(500, 1500), sync_weights=True))
+    # Cut 1 moves block 1's 4000 bits: up 4000/8000 = 0.5 s, down 4000/16000 = 0.25 s, once per
+    # round (not per batch); energy 3 W * 0.5 s + 4 W * 0.25 s. Cut 2 moves 16000 bits: 2 + 1 s.
+    assert synced.time_s[0] - plain.time_s[0] == pytest.approx([0.75, 3.0])
+    assert synced.energy_j[0] - plain.energy_j[0] == pytest.approx([2.5, 10.0])
+
+
 def test_labels_and_separate_gradient_bytes() -> None:
     table = cost_table([_device()], SERVER, _model(label_bytes=500, gradient_bytes=(2000, 10)))
     # Cut 1: up (1000 + 500) * 8 / 8000 = 1.5 s, down 2000 * 8 / 16000 = 1.0 s.
