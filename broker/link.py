@@ -161,6 +161,11 @@ class MqttLink:
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def running(self) -> bool:
+        """Whether the connection loop lives: it ends only when the link closes (or on a bug)."""
+        return self._runner is not None and not self._runner.done()
+
     async def wait_connected(self, within_s: float) -> None:
         try:
             async with asyncio.timeout(within_s):

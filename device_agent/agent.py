@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
 MAX_EXCUSED_RETRIES = 10  # batch re-sends not counted because the broker connection broke
+# No single compute step (a batch, a profile, loading a round's weights) takes this long on the
+# slowest board we support: one that does is wedged (see health_problem).
+COMPUTE_STALL_S = 600.0
 T = TypeVar("T")
 
 
@@ -137,6 +140,9 @@ class DeviceAgent:
         self.link = LinkEstimate.new()
         self.emulation = Emulation(settings)
         self._speed_ratio: float | None = None
+        self.ready = asyncio.Event()  # connected and listening (systemd's READY=1)
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._computing_since: float | None = None  # set by the compute thread while it works
 
     async def run(self) -> None:
         """Serve rounds until the edge says training is over (if exit_on_finish) or cancelled."""
@@ -157,6 +163,8 @@ class DeviceAgent:
             self._link = link  # before connecting: on_connect publishes through it
             async with link, asyncio.TaskGroup() as tasks:
                 dispatcher = tasks.create_task(self._dispatch(link), name="device-dispatch")
+                self._dispatcher = dispatcher
+                self.ready.set()
                 telemetry = tasks.create_task(self._telemetry_loop(), name="device-telemetry")
                 schedules = tasks.create_task(self.emulation.follow_schedules(), name="schedules")
                 try:
@@ -478,7 +486,41 @@ class DeviceAgent:
         return far and abs(busy_s - predicted) > 0.5
 
     async def _compute(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._stamped, fn, args
+        )
+
+    def _stamped(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        # In the compute thread (one): the stamp says since when it has been busy.
+        self._computing_since = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self._computing_since = None
+
+    # --- supervision (systemd: ares.systemd) -----------------------------------------------------
+
+    def health_problem(self) -> str | None:
+        """None while healthy: the link's connection loop and the dispatcher live, and no
+        compute step has been running for longer than COMPUTE_STALL_S."""
+        if self._link is None or not self._link.running:
+            return "the MQTT connection loop has ended"
+        if self._dispatcher is None or self._dispatcher.done():
+            return "the message dispatcher has ended"
+        since = self._computing_since
+        if since is not None and (busy := time.monotonic() - since) > COMPUTE_STALL_S:
+            return f"a compute step has been running for {busy:.0f} s"
+        return None
+
+    def status_line(self) -> str:
+        """What the agent is doing, in one line (systemd's STATUS=)."""
+        if self._link is not None and not self._link.is_connected:
+            return "reconnecting to the broker"
+        if self._training is not None and not self._training.done():
+            return f"training round {self._training_round}; {self.rounds_done} rounds done"
+        if self.edge_session is None:
+            return "waiting for the edge"
+        return f"idle; {self.rounds_done} rounds done with edge session {self.edge_session}"
 
     def _cancel_training(self) -> None:
         if self._training is not None and not self._training.done():
