@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -18,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ares import logs, runtime
+from ares.bench import add_bench_parser
+from ares.broker_command import add_broker_parser
 from ares.plan_command import add_plan_parser
 from broker.errors import BrokerError
 from broker.link import LinkError
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     device.set_defaults(handler=_device)
 
     add_plan_parser(sub)
+    add_bench_parser(sub)
 
     config = sub.add_parser("config", help="settings: show what a service would run with")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -141,10 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("flags", nargs=argparse.REMAINDER, help="that service's flags")
     show.set_defaults(handler=_config_show)
 
-    broker = sub.add_parser("broker", help="run a local Mosquitto for testing")
-    broker.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    broker.add_argument("--print-config", action="store_true", help="print the config and exit")
-    broker.set_defaults(handler=_broker)
+    add_broker_parser(sub)
     return parser
 
 
@@ -231,7 +230,7 @@ def _edge(args: argparse.Namespace) -> int:
     settings, _ = edge_settings(args)
     service = EdgeService(settings)
     try:
-        report = runtime.run(service.run)
+        report = runtime.run(service.run, service=service)
     except asyncio.CancelledError:
         log.info("edge stopped")
         return 0
@@ -272,28 +271,10 @@ def _device(args: argparse.Namespace) -> int:
     logs.setup_logging(args.log_level, settings.device_id, args.log_format)
     agent = DeviceAgent(settings)
     try:
-        runtime.run(agent.run)
+        runtime.run(agent.run, service=agent)
     except asyncio.CancelledError:
         log.info("device %s stopped", settings.device_id)
     return 0
-
-
-def _broker(args: argparse.Namespace) -> int:
-    from broker import BrokerConfig, LocalBroker, render_config
-
-    if args.print_config:
-        print(render_config(BrokerConfig(port=args.port or 1883)))
-        return 0
-    config = BrokerConfig(port=args.port)
-    with LocalBroker(config) as local:
-        print(f"Mosquitto listening on {local.url} (Ctrl-C to stop)", flush=True)
-        with contextlib.suppress(asyncio.CancelledError):
-            runtime.run(_forever)
-    return 0
-
-
-async def _forever() -> None:
-    await asyncio.Event().wait()
 
 
 def _config_show(args: argparse.Namespace) -> int:

@@ -327,7 +327,7 @@ class MqttLink:
             will=will,
             keepalive=s.keepalive_s,
             timeout=s.connect_timeout_s,
-            tls_context=_tls_context(s) if use_tls or s.ca_file else None,
+            tls_context=_tls_context(s) if use_tls else None,  # mqtts:// only
             # Without TCP_NODELAY every awaited QoS 1 publish waits ~40 ms for delayed ACKs.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )

@@ -111,12 +111,43 @@ class LocalBroker:
         self._workdir: Path | None = None
         self._owns_workdir = False
         self._log_offset = 0  # where the current process's output starts in the log
+        self._config_file: Path | None = None  # set by from_config_file: run this file as is
         if self._config.allow_anonymous and not _is_loopback(self._config.host):
             log.warning(
                 "broker on %s accepts anonymous clients from the network; "
                 "use authentication outside a closed demo network",
                 self._config.host,
             )
+
+    @classmethod
+    def from_config_file(
+        cls,
+        path: Path,
+        *,
+        port: int,
+        host: str = "127.0.0.1",
+        binary: str | None = None,
+        workdir: Path | None = None,
+    ) -> Self:
+        """A broker running a given mosquitto.conf unchanged (e.g. ``ares broker init``'s).
+
+        ``host``/``port`` name a plain MQTT listener of that file: the readiness probe connects
+        there (any CONNACK counts, "not authorized" included) and ``url`` points there. The work
+        dir holds only the log; paths in the file should be absolute.
+        """
+        broker = cls(BrokerConfig(host=host, port=port), binary=binary, workdir=workdir)
+        broker._config_file = path.absolute()
+        return broker
+
+    @property
+    def config_file(self) -> Path | None:
+        """The config file given to from_config_file; None for a generated config."""
+        return self._config_file
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto rereads its password file and ACL (and reopens its log)."""
+        proc = self._check_alive()
+        proc.send_signal(signal.SIGHUP)
 
     # -- properties ---------------------------------------------------------------
 
@@ -359,8 +390,10 @@ class LocalBroker:
 
     def _spawn(self, binary: str, port: int) -> None:
         workdir = self._prepare_workdir()
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(render_config(self._effective_config(port, workdir)))
+        conf = self._config_file
+        if conf is None:
+            conf = workdir / "mosquitto.conf"
+            conf.write_text(render_config(self._effective_config(port, workdir)))
         log_path = workdir / "mosquitto.log"
         # Append: after kill()/restart() the earlier runs' log is still worth reading.
         with log_path.open("ab") as out:
