@@ -141,6 +141,9 @@ class MqttLink:
 
     async def __aenter__(self) -> Self:
         self._make_client()  # bad credentials or TLS files fail here, clearly, not in the runner
+        if self.settings.ca_file is not None and not parse_broker_url(self.settings.url)[2]:
+            log.warning("mqtt.ca_file is set but %s is plain MQTT; use mqtts:// for TLS",
+                        self.settings.url)  # fmt: skip
         self._runner = asyncio.create_task(self._run(), name=f"mqtt-link-{self.client_id}")
         try:
             await self.wait_connected(self.settings.connect_timeout_s)
