@@ -3,6 +3,9 @@
 Every part runs as its own process, exactly as on real hardware; the demo only orchestrates:
 it starts the processes, follows the edge's retained status topic to show progress, prints the
 per-round table from the edge's report, and stops every process it started, also on Ctrl-C.
+
+:func:`run_once` is one such run, returning the edge's report; ``ares demo`` prints it and
+``ares bench`` (:mod:`ares.bench`) runs it once per policy.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from tqdm import tqdm
 
 from ares import runtime
 from broker import BrokerConfig, LocalBroker
@@ -38,6 +43,11 @@ class DeviceLaunch:
     spec: DeviceSpec | None = None  # scenario devices: their emulated link
 
 
+# Edge settings a scenario sets and a flag (or the bench) may override.
+EDGE_NAMES = ("policy", "alpha", "split", "model", "dataset", "data_dir", "batch_size",
+              "batches_per_round", "lr", "wire_dtype", "seed")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     rounds: int
@@ -48,38 +58,99 @@ class DemoOptions:
     edge_flags: tuple[str, ...]
     devices: tuple[DeviceLaunch, ...]
     scenario: Scenario | None = None
+    progress: bool | None = None  # a progress bar: None = when stderr is a terminal
+    label: str = ""  # names the run in progress output (the bench: the policy)
+    verbose: bool = True  # list every process started
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoOptions:
         run_dir = args.run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-        scenario = load_scenario(args.scenario) if args.scenario else None
-        # Flags given on the command line win over the scenario's values.
-        edge_names = ("policy", "alpha", "split", "model", "dataset", "data_dir", "batch_size",
-                      "batches_per_round", "lr", "wire_dtype", "seed")  # fmt: skip
-        edge = {name: getattr(scenario, name, None) for name in edge_names} if scenario else {}
-        edge.update({n: getattr(args, n) for n in edge_names if getattr(args, n) is not None})
-        rounds = args.rounds or (scenario.rounds if scenario else 10)
+        # ``--no-progress`` where the parser has it; a bar only on a terminal anyway.
+        progress = False if getattr(args, "no_progress", False) else None
+        overrides = {n: getattr(args, n) for n in EDGE_NAMES}
+        if args.scenario:
+            return cls.for_scenario(
+                load_scenario(args.scenario),
+                run_dir=run_dir,
+                overrides=overrides,
+                rounds=args.rounds,
+                report=args.report,
+                timeout_s=args.timeout,
+                broker=args.broker,
+                progress=progress,
+            )
+        if args.devices < 1:
+            raise SystemExit("ares demo: --devices must be at least 1")
+        edge = {n: v for n, v in overrides.items() if v is not None}
         shared = {n: edge.get(n) for n in ("dataset", "data_dir", "seed")}
-        if scenario is not None:
-            devices = scenario_devices(scenario, shared)
-        else:
-            if args.devices < 1:
-                raise SystemExit("ares demo: --devices must be at least 1")
-            devices = tuple(
-                DeviceLaunch(f"dev-{i}", _flags({"shard": f"{i}/{args.devices}",
-                                                 "partition": args.partition, **shared}))
-                for i in range(args.devices)
-            )  # fmt: skip
+        devices = tuple(
+            DeviceLaunch(f"dev-{i}", _flags({"shard": f"{i}/{args.devices}",
+                                             "partition": args.partition, **shared}))
+            for i in range(args.devices)
+        )  # fmt: skip
         return cls(
-            rounds=rounds,
+            rounds=args.rounds or 10,
             broker=args.broker,
             run_dir=run_dir,
             report=args.report or run_dir / "report.json",
             timeout_s=args.timeout,
             edge_flags=_flags(edge),
             devices=devices,
-            scenario=scenario,
+            progress=progress,
         )
+
+    @classmethod
+    def for_scenario(
+        cls,
+        scenario: Scenario,
+        *,
+        run_dir: Path,
+        overrides: Mapping[str, Any] | None = None,
+        rounds: int | None = None,
+        report: Path | None = None,
+        timeout_s: float = 1800.0,
+        broker: str | None = None,
+        extra_edge_flags: tuple[str, ...] = (),
+        progress: bool | None = None,
+        label: str = "",
+        verbose: bool = True,
+    ) -> DemoOptions:
+        """One run of ``scenario``; ``overrides`` (EDGE_NAMES, None = unset) win over its values."""
+        unknown = set(overrides or {}) - set(EDGE_NAMES)
+        if unknown:
+            raise ValueError(f"not edge settings a scenario run can override: {sorted(unknown)}")
+        edge = {name: getattr(scenario, name, None) for name in EDGE_NAMES}
+        edge.update({n: v for n, v in (overrides or {}).items() if v is not None})
+        shared = {n: edge.get(n) for n in ("dataset", "data_dir", "seed")}
+        return cls(
+            rounds=rounds or scenario.rounds,
+            broker=broker,
+            run_dir=run_dir,
+            report=report or run_dir / "report.json",
+            timeout_s=timeout_s,
+            edge_flags=(*_flags(edge), *extra_edge_flags),
+            devices=scenario_devices(scenario, shared),
+            scenario=scenario,
+            progress=progress,
+            label=label,
+            verbose=verbose,
+        )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How one run ended. ``code``: 0 when the edge finished and wrote its report; 124 when the
+    run timed out; 130 when interrupted; else the edge's exit status (1 for a missing report)."""
+
+    code: int
+    wall_s: float
+    run_dir: Path
+    report: dict[str, Any] | None
+    problem: str = ""  # what went wrong, for a failed run
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0 and self.report is not None
 
 
 def scenario_devices(scenario: Scenario, shared: dict[str, Any]) -> tuple[DeviceLaunch, ...]:
@@ -109,24 +180,48 @@ def _flags(values: dict[str, Any]) -> tuple[str, ...]:
 
 
 def run_demo(options: DemoOptions) -> int:
+    """``ares demo``: one run, then the per-round table; the exit status."""
+    result = run_once(options)
+    if result.code == 130:
+        print("\nares demo: interrupted; stopped every process", file=sys.stderr)
+        return 130
+    if not result.ok or result.report is None:
+        print(f"ares demo: {result.problem}; see {options.run_dir}/edge.log")
+        print(_tail(options.run_dir / "edge.log"), file=sys.stderr)
+        return 1
+    report = result.report
+    print_table(report)
+    print(f"final accuracy {report['final_accuracy']:.4f}; wall time {result.wall_s:.1f} s; "
+          f"report {options.report}")  # fmt: skip
+    return 0
+
+
+def run_once(options: DemoOptions) -> RunResult:
+    """Start the broker, the edge and the devices, follow the run, stop them all; the result.
+
+    A report left by an earlier run at ``options.report`` is removed first, so a failed run can
+    never be mistaken for a finished one.
+    """
     logging.getLogger("broker").setLevel(logging.WARNING)  # keep the demo's own output tidy
     logging.getLogger("testbed").setLevel(logging.WARNING)
     options.run_dir.mkdir(parents=True, exist_ok=True)
+    options.report.unlink(missing_ok=True)
+    say = print if options.verbose else _quiet
     what = f"scenario {options.scenario.name}: " if options.scenario else ""
-    print(f"ares demo: {what}{len(options.devices)} devices, {options.rounds} rounds; "
-          f"logs in {options.run_dir}")  # fmt: skip
+    say(f"ares demo: {what}{len(options.devices)} devices, {options.rounds} rounds; "
+        f"logs in {options.run_dir}")  # fmt: skip
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        lab, link_flags = _links(options, stack)
+        lab, link_flags = _links(options, stack, say)
         url = options.broker
         if url is None:
             extra = (lab.host_ip,) if lab else ()
             broker = stack.enter_context(LocalBroker(BrokerConfig(extra_hosts=extra)))
             url = broker.url
-            print(f"  broker   Mosquitto at {url} (pid {broker.pid})")
+            say(f"  broker   Mosquitto at {url} (pid {broker.pid})")
         else:
-            print(f"  broker   {url} (external)")
-        processes = stack.enter_context(_Processes(options.run_dir))
+            say(f"  broker   {url} (external)")
+        processes = stack.enter_context(_Processes(options.run_dir, say))
         env = {**os.environ, "ARES_MQTT__URL": url, "ARES_TORCH_THREADS": "1"}
         processes.start(
             "edge",
@@ -158,36 +253,44 @@ def run_demo(options: DemoOptions) -> int:
         try:
             edge_code = runtime.run(lambda: _follow(url, processes, options, lab))
         except (KeyboardInterrupt, asyncio.CancelledError):
-            print("\nares demo: interrupted; stopping every process", file=sys.stderr)
-            return 130
+            return RunResult(130, time.perf_counter() - started, options.run_dir, None,
+                             "interrupted")  # fmt: skip
         processes.wait_all(timeout_s=30.0)
     wall = time.perf_counter() - started
     if edge_code != 0:
-        print(
-            f"ares demo: the edge service failed (exit {edge_code}); see {options.run_dir}/edge.log"
+        problem = (
+            f"gave up after {options.timeout_s:.0f} s"
+            if edge_code == 124
+            else f"the edge service failed (exit {edge_code})"
         )
-        print(_tail(options.run_dir / "edge.log"), file=sys.stderr)
-        return 1
-    report = json.loads(options.report.read_text())
-    print_table(report)
-    print(f"final accuracy {report['final_accuracy']:.4f}; wall time {wall:.1f} s; "
-          f"report {options.report}")  # fmt: skip
-    return 0
+        return RunResult(edge_code, wall, options.run_dir, None, problem)
+    try:
+        report = json.loads(options.report.read_text())
+    except (OSError, ValueError) as exc:
+        return RunResult(1, wall, options.run_dir, None, f"no readable report: {exc}")
+    return RunResult(0, wall, options.run_dir, report)
 
 
+def _quiet(*args: object, **kwargs: Any) -> None:
+    """A ``print`` that prints nothing (a run that is not verbose)."""
+
+
+Say = Callable[..., None]
 LinkFlags = Callable[[DeviceLaunch], tuple[str, ...]]
 
 
-def _links(options: DemoOptions, stack: contextlib.ExitStack) -> tuple[LinkLab | None, LinkFlags]:
+def _links(
+    options: DemoOptions, stack: contextlib.ExitStack, say: Say
+) -> tuple[LinkLab | None, LinkFlags]:
     """Shape each scenario device's link: tc in network namespaces when we can, else in-app."""
     if options.scenario is None:
         return None, lambda device: ()
     support = link_mode()
     if support.mode == "tc":
         lab = stack.enter_context(LinkLab())
-        print("  links    tc: each device in its own network namespace, veth shaped with tbf")
+        say("  links    tc: each device in its own network namespace, veth shaped with tbf")
         return lab, lambda device: ("--link-mode", "tc")
-    print(f"  links    token bucket in each agent ({support.reason})")
+    say(f"  links    token bucket in each agent ({support.reason})")
 
     def token_bucket(device: DeviceLaunch) -> tuple[str, ...]:
         if device.spec is None:
@@ -216,48 +319,109 @@ async def _follow(
     """
     schedules = asyncio.create_task(lab.run_schedules()) if lab is not None else None
     try:
-        return await _watch(url, processes, options)
+        with RoundProgress(options.rounds, options.label, options.progress) as progress:
+            return await _watch(url, processes, options, progress)
     finally:
         if schedules is not None:
             schedules.cancel()
 
 
-async def _watch(url: str, processes: _Processes, options: DemoOptions) -> int:
+async def _watch(
+    url: str, processes: _Processes, options: DemoOptions, progress: RoundProgress
+) -> int:
     topics = Topics()
     settings = MqttSettings(url=url)
-    seen: tuple[str, int] = ("", -1)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.timeout_s
     link = MqttLink(settings, f"ares-demo-{os.getpid()}", [(topics.edge_status, 1)])
     async with link:
         while (code := processes.poll("edge")) is None:
             if loop.time() > deadline:
-                print(f"ares demo: gave up after {options.timeout_s:.0f} s", file=sys.stderr)
                 return 124
             for name in processes.failed_devices():
-                print(f"  warning  {name} exited early; see {options.run_dir}/{name}.log")
+                progress.note(f"  warning  {name} exited early; see {options.run_dir}/{name}.log")
             try:
                 async with asyncio.timeout(0.5):
                     message = await link.receive()
             except TimeoutError:
+                progress.tick()
                 continue
             try:
                 status = parse_json(EdgeStatus, message.payload)
             except SchemaError:
                 continue
-            if status.session != seen[0] or status.rounds_done != seen[1]:
-                seen = (status.session, status.rounds_done)
-                print(_progress(status), flush=True)
+            progress.show(status)
     return code
 
 
-def _progress(status: EdgeStatus) -> str:
+class RoundProgress:
+    """Rounds done out of the total, from the edge's status messages.
+
+    A tqdm bar on stderr when ``enabled`` is True, or None and stderr is a terminal; otherwise
+    one plain line per finished round on stdout, so logs and pipes stay readable.
+    """
+
+    def __init__(self, total: int, label: str = "", enabled: bool | None = None) -> None:
+        self.label = label
+        self._seen: tuple[str, int] = ("", -1)
+        # tqdm's disable=None turns the bar off when its stream is not a terminal.
+        self._bar = tqdm(
+            total=total,
+            desc=label or "rounds",
+            unit="round",
+            # No rate: the first round's time includes start-up and would mislead.
+            bar_format="{desc}: {n_fmt}/{total_fmt} rounds |{bar}| {elapsed}{postfix}",
+            file=sys.stderr,
+            disable=None if enabled is None else not enabled,
+            dynamic_ncols=True,
+            leave=True,
+        )
+
+    @property
+    def bar_shown(self) -> bool:
+        return not self._bar.disable
+
+    def __enter__(self) -> RoundProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
+
+    def show(self, status: EdgeStatus) -> None:
+        online = sum(1 for s in status.devices.values() if s != "offline")
+        if self.bar_shown:
+            self._bar.total = status.rounds
+            self._bar.n = status.rounds_done
+            accuracy = "" if status.accuracy is None else f"  accuracy {status.accuracy:.4f}"
+            self._bar.set_postfix_str(f"{status.state}{accuracy}  {online} devices")
+            return
+        if (status.session, status.rounds_done) != self._seen:
+            self._seen = (status.session, status.rounds_done)
+            print(progress_line(status, self.label), flush=True)
+
+    def tick(self) -> None:
+        """Redraw (the elapsed time moves on while a long round runs)."""
+        if self.bar_shown:
+            self._bar.refresh()
+
+    def note(self, line: str) -> None:
+        """Print a line without tearing the bar."""
+        if self.bar_shown:
+            self._bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
+
+def progress_line(status: EdgeStatus, label: str = "") -> str:
+    """One plain line for a status: registration, or rounds done with the accuracy."""
     online = sum(1 for s in status.devices.values() if s != "offline")
+    name = f"{label:<8}" if label else "edge    "
     if not status.rounds_done:
-        return f"  edge     {status.state}: {online} of the devices registered"
-    bar = "#" * status.rounds_done + "." * (status.rounds - status.rounds_done)
+        return f"  {name} {status.state}: {online} of the devices registered"
+    bar = "#" * status.rounds_done + "." * max(status.rounds - status.rounds_done, 0)
+    prefix = f"{label} " if label else ""
     return (
-        f"  [{bar}] round {status.rounds_done}/{status.rounds}  "
+        f"  {prefix}[{bar}] round {status.rounds_done}/{status.rounds}  "
         f"accuracy {status.accuracy or 0:.4f}  loss {status.loss or 0:.4f}  {online} devices"
     )
 
@@ -288,8 +452,9 @@ def _tail(path: Path, lines: int = 20) -> str:
 class _Processes:
     """Child processes of the demo; all of them are stopped on exit, whatever happened."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, say: Say = print) -> None:
         self.run_dir = run_dir
+        self._say = say
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
         self._reported: set[str] = set()
@@ -314,7 +479,7 @@ class _Processes:
             # Own process group: a terminal's Ctrl-C reaches only the demo, which stops them.
             start_new_session=True,
         )
-        print(f"  {name:<8} pid {self._procs[name].pid}")
+        self._say(f"  {name:<8} pid {self._procs[name].pid}")
 
     def poll(self, name: str) -> int | None:
         return self._procs[name].poll()

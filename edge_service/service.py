@@ -30,11 +30,12 @@ from edge_service.checkpoint import (
     write_checkpoint,
 )
 from edge_service.evaluation import Evaluation, evaluate
+from edge_service.loop_lag import LoopLagMonitor
 from edge_service.metrics import DeviceView, EdgeCollector, EdgeView, MetricsServer
 from edge_service.planning import DeviceReadings, PlanDefaults, RoundPlan, SplitPlanner
 from edge_service.rejections import Counters, Rejected
 from edge_service.report import DeviceRoundReport, RoundReport, RunReport
-from edge_service.rounds import DeviceResult, RoundContext, RoundRunner
+from edge_service.rounds import DeviceResult, RoundContext, RoundRunner, prepare_parts
 from edge_service.settings import EdgeSettings
 from schemas import (
     ActivationMeta,
@@ -80,6 +81,8 @@ from splitnn.tensors import state_to_arrays, warm_up_torch
 log = logging.getLogger(__name__)
 WIRE_ITEMSIZE: dict[WireDtype, int] = {"float32": 4, "float16": 2}
 SHUTDOWN_NOTICE_S = 3.0  # how long a stopping edge spends telling the devices
+# Beyond the longest wait of one phase: evaluation, checkpoint and publishes (see health_problem).
+STALL_MARGIN_S = 300.0
 T = TypeVar("T", bound=RoundTraffic)
 
 
@@ -192,7 +195,11 @@ class EdgeService:
         self._link: MqttLink | None = None
         self._round: RoundRunner | None = None
         self._round_no = 0
+        self.ready = asyncio.Event()  # connected and waiting for devices (systemd's READY=1)
+        self.progress_at = time.monotonic()  # the main task's last phase change
+        self._dispatcher: asyncio.Task[None] | None = None
         self.metrics: MetricsServer | None = None  # serving while run() runs, if configured
+        self.loop_lag = LoopLagMonitor()  # sampling while run() runs; metrics read it
         self._devices_changed = asyncio.Event()
         self._background = BackgroundTasks()
         self.report = RunReport(
@@ -222,6 +229,14 @@ class EdgeService:
         self._round_no = checkpoint.round
         log.info("resuming from %s: round %d of %d done", path, checkpoint.round,
                  self.settings.rounds)  # fmt: skip
+
+    def _persist(self, round_no: int, plan: RoundPlan) -> None:
+        """Report and checkpoint after a round, in a worker thread: both grow with devices x
+        rounds (500 x 10: 0.2 s of JSON) and must not stall the event loop. Nothing changes
+        the report while the round loop awaits this."""
+        if self.settings.report is not None:
+            self.report.write(self.settings.report)
+        self._checkpoint(round_no, plan)
 
     def _checkpoint(self, round_no: int, plan: RoundPlan) -> None:
         path = self.settings.checkpoint
@@ -260,8 +275,10 @@ class EdgeService:
                 on_connect=self._announce,
             )
             self._link = link  # before connecting: on_connect publishes through it
-            async with link, self._metrics_endpoint(), asyncio.TaskGroup() as tasks:
+            async with self.loop_lag, link, self._metrics_endpoint(), asyncio.TaskGroup() as tasks:
                 dispatcher = tasks.create_task(self._dispatch(link), name="edge-dispatch")
+                self._dispatcher = dispatcher
+                self.ready.set()
                 try:
                     await self._train(executor)
                     await self._publish_status("finished")
@@ -322,8 +339,9 @@ class EdgeService:
         settings = self.settings
         await self._publish_status("waiting")
         await self._wait_for_devices(settings.min_devices, settings.registration_timeout_s)
-        if settings.policy in ("ares", "static"):
-            await self._wait_for_profiles(settings.profile_timeout_s)
+        # Every policy, not only the planning ones: round 1 must not time devices still busy
+        # profiling (it skewed fl and sl against ares), and its predictions need the profiles.
+        await self._wait_for_profiles(settings.profile_timeout_s)
         loop = asyncio.get_running_loop()
         if self.report.initial_accuracy is None:
             initial = await loop.run_in_executor(executor, self._evaluate)
@@ -348,8 +366,12 @@ class EdgeService:
             counted = ("ok", "straggler") if settings.count_partial else ("ok",)
             ok = [r for r in results if r.status in counted and r.samples and r.state is not None]
             if ok:
-                self.global_state = fedavg(
-                    [r.state for r in ok if r.state is not None], [r.samples for r in ok]
+                # In a worker thread: averaging hundreds of models blocks for a while.
+                self.global_state = await loop.run_in_executor(
+                    executor,
+                    fedavg,
+                    [r.state for r in ok if r.state is not None],
+                    [r.samples for r in ok],
                 )
             else:
                 log.warning("round %d: no device finished; the model is unchanged", round_no)
@@ -357,7 +379,7 @@ class EdgeService:
             evaluation = await loop.run_in_executor(executor, self._evaluate)
             duration = time.perf_counter() - started
             self._record_round(round_no, plan, results, evaluation, duration)
-            await loop.run_in_executor(executor, self._checkpoint, round_no, plan)
+            await loop.run_in_executor(executor, self._persist, round_no, plan)
             await self._publish_status("training", evaluation)
 
     async def _run_round(
@@ -381,7 +403,11 @@ class EdgeService:
             device_id: (entry.split, self._train_config(device_id, batches[device_id], entry))
             for device_id, entry in round_plan.devices.items()
         }
-        runner = RoundRunner(ctx, round_no, self.global_state, plan)
+        # Off the event loop: hundreds of server sessions take a good part of a second.
+        parts = await asyncio.get_running_loop().run_in_executor(
+            ctx.executor, prepare_parts, ctx, round_no, self.global_state, plan
+        )
+        runner = RoundRunner(ctx, round_no, self.global_state, plan, parts)
         self._round = runner
         try:
             message = PlanMessage(
@@ -521,7 +547,7 @@ class EdgeService:
         )
         self.report.final_accuracy = evaluation.accuracy
         self.report.counters = self.counters.snapshot()
-        self._write_report()
+        self.report.loop_lag = self.loop_lag.stats().to_dict()  # written by _persist
         log.info(
             "round %d: accuracy %.4f loss %.4f in %.2f s", round_no, evaluation.accuracy,
             evaluation.loss, duration,
@@ -551,6 +577,7 @@ class EdgeService:
         }
 
     def _write_report(self) -> None:
+        self.report.loop_lag = self.loop_lag.stats().to_dict()
         if self.settings.report is not None:
             self.report.write(self.settings.report)
 
@@ -587,6 +614,40 @@ class EdgeService:
 
     def _online(self) -> int:
         return sum(1 for r in self.devices.values() if r.state != "offline")
+
+    # --- supervision (systemd: ares.systemd) -----------------------------------------------------
+
+    def health_problem(self) -> str | None:
+        """None while healthy: the link's connection loop and the dispatcher live, and the main
+        task's last phase change is more recent than the longest phase may take."""
+        if self._link is None or not self._link.running:
+            return "the MQTT connection loop has ended"
+        if self._dispatcher is None or self._dispatcher.done():
+            return "the message dispatcher has ended"
+        stalled = time.monotonic() - self.progress_at
+        if stalled > self.stall_after_s:
+            return f"no progress for {stalled:.0f} s"
+        return None
+
+    @property
+    def stall_after_s(self) -> float:
+        """The longest a phase may go without a phase change: waiting for devices (twice
+        before round 1: registration, then each round's check), profiles, or one round."""
+        s = self.settings
+        waiting = 2 * s.registration_timeout_s + s.profile_timeout_s
+        return max(waiting, s.round_timeout_s + s.close_grace_s) + STALL_MARGIN_S
+
+    def status_line(self) -> str:
+        """What the edge is doing, in one line (systemd's STATUS=)."""
+        if self._link is not None and not self._link.is_connected:
+            return "reconnecting to the broker"
+        rounds, online = self.settings.rounds, self._online()
+        runner = self._round
+        if runner is not None:
+            return f"round {runner.round_no}/{rounds}: {len(runner.devices)} devices training"
+        if not self.report.rounds:
+            return f"waiting for devices: {online} of {self.settings.min_devices} online"
+        return f"round {len(self.report.rounds)}/{rounds} done; {online} devices online"
 
     # --- inbound --------------------------------------------------------------------------------
 
@@ -731,7 +792,9 @@ class EdgeService:
 
     async def _announce(self) -> None:
         """On every (re)connect: tell everyone which edge session is live."""
-        await self._publish_status("waiting" if self._round_no == 0 else "training")
+        # Not _publish_status: a reconnect is no progress of the main task (health_problem).
+        state: EdgeState = "waiting" if self._round_no == 0 else "training"
+        await self._publish_informative(self.topics.edge_status, to_json(self._status(state)))
 
     def _status(self, state: EdgeState, evaluation: Evaluation | None = None) -> EdgeStatus:
         last = self.report.rounds[-1] if self.report.rounds else None
@@ -748,6 +811,7 @@ class EdgeService:
         )
 
     async def _publish_status(self, state: EdgeState, evaluation: Evaluation | None = None) -> None:
+        self.progress_at = time.monotonic()  # the main task announces every phase change here
         await self._publish_informative(
             self.topics.edge_status, to_json(self._status(state, evaluation))
         )

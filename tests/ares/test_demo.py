@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Literal
 
+import pytest
 from pydantic import BaseModel, ConfigDict, Field
+
+from ares.demo import DemoOptions, RoundProgress
+from schemas import EdgeStatus
+from testbed.scenario import load_scenario
 
 
 class _Strict(BaseModel):
@@ -54,3 +60,63 @@ def test_demo_runs_processes_and_writes_a_valid_report(tmp_path):
     # Nothing the demo started outlives it.
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftovers.stdout == ""
+
+
+# --- the options and the progress display, without processes ----------------------------------
+
+TINY = Path(__file__).with_name("data") / "tiny.yaml"
+
+
+def test_scenario_options_take_overrides_over_the_scenario(tmp_path):
+    options = DemoOptions.for_scenario(
+        load_scenario(TINY),
+        run_dir=tmp_path,
+        overrides={"policy": "sl", "split": 2, "alpha": None, "seed": 7},
+        extra_edge_flags=("--fresh",),
+        label="sl-first",
+    )
+    flags = options.edge_flags
+    assert flags[flags.index("--policy") + 1] == "sl"
+    assert flags[flags.index("--split") + 1] == "2"
+    assert flags[flags.index("--alpha") + 1] == "0.5"  # None keeps the scenario's
+    assert flags[-1] == "--fresh"
+    assert options.rounds == 2
+    assert options.report == tmp_path / "report.json"
+    # The devices get the same seed as the edge: the same data shards for every policy.
+    for device in options.devices:
+        assert device.flags[device.flags.index("--seed") + 1] == "7"
+    with pytest.raises(ValueError, match="rounds"):
+        DemoOptions.for_scenario(load_scenario(TINY), run_dir=tmp_path, overrides={"rounds": 3})
+
+
+def status(done: int, state: str = "training", accuracy: float | None = 0.5) -> EdgeStatus:
+    return EdgeStatus(
+        session="s1", state=state, round=max(done, 1), rounds=3, rounds_done=done,
+        devices={"a": "idle", "b": "offline"}, accuracy=accuracy, loss=1.0,
+    )  # fmt: skip
+
+
+def test_progress_without_a_bar_prints_one_line_per_round(capsys):
+    with RoundProgress(3, "ares", enabled=False) as progress:
+        assert not progress.bar_shown
+        progress.show(status(0, "waiting", None))
+        progress.show(status(1))
+        progress.show(status(1, "evaluating"))  # same round: no new line
+        progress.show(status(2))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "  ares     waiting: 1 of the devices registered",
+        "  ares [#..] round 1/3  accuracy 0.5000  loss 1.0000  1 devices",
+        "  ares [##.] round 2/3  accuracy 0.5000  loss 1.0000  1 devices",
+    ]
+
+
+def test_progress_bar_counts_rounds_on_stderr(capsys):
+    with RoundProgress(3, "fl", enabled=True) as progress:
+        assert progress.bar_shown
+        progress.show(status(2))
+        progress.note("  warning  b exited early")
+    captured = capsys.readouterr()
+    assert "2/3" in captured.err
+    assert "fl" in captured.err
+    assert "warning  b exited early" in captured.out

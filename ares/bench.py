@@ -1,0 +1,536 @@
+"""``ares bench``: ARES against federated and split learning, one policy after another.
+
+Every policy runs the same scenario with the same seed and data shards, through the demo's
+machinery (:func:`ares.demo.run_once`: a Mosquitto, the edge and one process per device), never
+two at once, since they would compete for the CPU. Each run gets its own broker: a fresh one
+costs well under a second against minutes of training, and it carries no retained status, plan
+or queued messages over from the previous policy. Everything lands in ``--out``::
+
+    results.json     every round of every policy (the edge's reports), settings, machine, summary
+    summary.md       the comparison: tables, ARES against the others, findings, definitions
+    *.png            accuracy against time, split points and links, energy, round times
+    runs/<policy>/   each run's logs, report and checkpoint
+
+Policies: ``ares`` (re-planned every round), ``static`` (planned once), ``fl`` (every block on
+the device), ``sl-best`` (classic split learning at the one cut the cost model scores best for
+this scenario, chosen before the runs: :func:`choose_sl_cut`) and ``sl-first`` (cut 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ares.bench_report import final_table, render_summary, summarise
+from ares.demo import DemoOptions, RunResult, run_once
+from testbed.scenario import Scenario, ScheduleSpec, load_scenario
+from testbed.schedule import parse_schedule
+
+if TYPE_CHECKING:  # torch and matplotlib load only when a bench runs, not with every command
+    from device_agent.emulation import Emulation
+    from edge_service.planning import DeviceReadings, PlanDefaults, Policy
+    from splitnn.profiling import BlockProfile
+
+__all__ = [
+    "POLICIES",
+    "BenchOptions",
+    "SlChoice",
+    "add_bench_parser",
+    "choose_sl_cut",
+    "machine_info",
+    "run_bench",
+]
+
+POLICIES = ("ares", "fl", "sl-best", "sl-first", "static")
+QUICK_ROUNDS = 2
+QUICK_BATCHES = 3
+
+
+@dataclass(frozen=True)
+class PolicyRun:
+    """One bench entry: its name and the edge's policy (and cut) that implements it."""
+
+    name: str
+    policy: str
+    split: int | None = None
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    scenario: Scenario
+    out: Path
+    policies: tuple[str, ...] = POLICIES
+    rounds: int | None = None  # None: the scenario's
+    alpha: float | None = None  # None: the scenario's
+    seed: int = 0
+    target_accuracy: float | None = None  # None: see ares.bench_report.default_target
+    quick: bool = False
+    sl_cut: int | None = None  # sl-best's cut; None: chosen by the cost model
+    timeout_s: float = 1800.0  # per policy run
+    progress: bool | None = None  # None: bars when stderr is a terminal
+
+    @property
+    def effective_alpha(self) -> float:
+        return self.scenario.alpha if self.alpha is None else self.alpha
+
+    @property
+    def effective_rounds(self) -> int:
+        if self.rounds is not None:
+            return self.rounds
+        return QUICK_ROUNDS if self.quick else self.scenario.rounds
+
+    @property
+    def batches_per_round(self) -> int | None:
+        """The scenario's, capped in a quick run (None: one local epoch)."""
+        batches = self.scenario.batches_per_round
+        if self.quick:
+            return QUICK_BATCHES if batches is None else min(batches, QUICK_BATCHES)
+        return batches
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BenchOptions:
+        policies = parse_policies(args.policies) if args.policies else POLICIES
+        for name, value, low, high in (
+            ("--alpha", args.alpha, 0.0, 1.0),
+            ("--target-accuracy", args.target_accuracy, 0.0, 1.0),
+        ):
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value:g}")
+        for name, number in (("--rounds", args.rounds), ("--sl-cut", args.sl_cut)):
+            if number is not None and number < 1:
+                raise ValueError(f"{name} must be at least 1, got {number}")
+        if args.timeout <= 0:
+            raise ValueError(f"--timeout must be positive, got {args.timeout:g}")
+        return cls(
+            scenario=load_scenario(args.scenario),
+            out=args.out,
+            policies=policies,
+            rounds=args.rounds,
+            alpha=args.alpha,
+            seed=args.seed,
+            target_accuracy=args.target_accuracy,
+            quick=args.quick,
+            sl_cut=args.sl_cut,
+            timeout_s=args.timeout,
+            progress=False if args.no_progress else None,
+        )
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    """``ares,fl`` -> ("ares", "fl"), in the order given; unknown or repeated names are errors."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown or not names:
+        raise ValueError(
+            f"--policies: unknown {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(POLICIES)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"--policies: each policy once, got {text!r}")
+    return names
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``bench`` on an ``add_subparsers()`` result, with ``handler=run_bench``."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="run ARES, fl, sl and static on one scenario and compare them",
+        description=(
+            "Run ARES, federated learning, split learning (best single cut and cut 1) and a "
+            "static plan one after another on the same scenario, seed and data, and compare "
+            "them: results.json, summary.md and plots in --out."
+        ),
+    )
+    parser.add_argument("--scenario", required=True, help="a shipped scenario's name or a file")
+    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument(
+        "--policies", help=f"comma-separated, in running order (default {','.join(POLICIES)})"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds per policy (default: the scenario's)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {QUICK_ROUNDS} rounds of at most {QUICK_BATCHES} batches",
+    )
+    parser.add_argument("--alpha", type=float, help="0: save device energy .. 1: save time")
+    parser.add_argument("--seed", type=int, default=0, help="the same for every policy")
+    parser.add_argument(
+        "--target-accuracy",
+        type=float,
+        help="for time to target (default: 90%% of the way from the initial accuracy to the "
+        "lowest final accuracy of all policies)",
+    )
+    parser.add_argument("--sl-cut", type=int, help="sl-best's cut (default: the cost model's)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="per policy run, seconds")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The ``bench`` handler: options from flags, then :func:`bench`."""
+    return bench(BenchOptions.from_args(args))
+
+
+def bench(options: BenchOptions) -> int:
+    """Run every policy, write the results, print the comparison; the exit status.
+
+    0 when every policy finished; 1 when one failed (the others still run and are compared);
+    130 when interrupted.
+    """
+    scenario = options.scenario
+    print(
+        f"ares bench: scenario {scenario.name}, {len(scenario.devices)} devices, "
+        f"{options.effective_rounds} rounds, alpha {options.effective_alpha:g}, seed "
+        f"{options.seed}; policies {', '.join(options.policies)}; out {options.out}"
+    )
+    options.out.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    choice = None
+    if "sl-best" in options.policies:
+        choice = choose_sl_cut(options)
+        print(f"  sl-best  cut {choice.cut}: {choice.how}")
+    runs = _policy_runs(options.policies, choice)
+    results: dict[str, RunResult] = {}
+    for index, run in enumerate(runs, start=1):
+        result = _run_policy(options, run, index, len(runs))
+        if result.code == 130:
+            print("\nares bench: interrupted; stopped every process", file=sys.stderr)
+            return 130
+        results[run.name] = result
+        if not result.ok:
+            print(f"ares bench: {run.name} failed: {result.problem}; its logs are in "
+                  f"{result.run_dir}", file=sys.stderr)  # fmt: skip
+    machine["load_average_end"] = _load_average()
+    document = build_results(options, machine, choice, results)
+    _write(options.out, document)
+    failed = document["failed"]
+    if document.get("summary"):
+        print()
+        print(final_table(document["summary"]))
+        for finding in document["summary"]["findings"]:
+            print(f"  {finding}")
+    print(f"results in {options.out}: results.json, summary.md and plots")
+    for name, problem in failed.items():
+        print(f"ares bench: {name} FAILED: {problem}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _policy_runs(names: Sequence[str], choice: SlChoice | None) -> list[PolicyRun]:
+    runs = []
+    for name in names:
+        if name == "sl-best":
+            assert choice is not None  # chosen whenever sl-best is asked for
+            runs.append(PolicyRun(name, "sl", choice.cut))
+        elif name == "sl-first":
+            runs.append(PolicyRun(name, "sl", 1))
+        else:
+            runs.append(PolicyRun(name, name))
+    return runs
+
+
+def _run_policy(options: BenchOptions, run: PolicyRun, index: int, total: int) -> RunResult:
+    run_dir = options.out / "runs" / run.name
+    cut = f" at cut {run.split}" if run.split is not None else ""
+    print(f"ares bench: {run.name} ({index}/{total}): policy {run.policy}{cut}; logs in {run_dir}",
+          flush=True)  # fmt: skip
+    demo = DemoOptions.for_scenario(
+        options.scenario,
+        run_dir=run_dir,
+        overrides={
+            "policy": run.policy,
+            "split": run.split,
+            "alpha": options.effective_alpha,
+            "seed": options.seed,
+            "batches_per_round": options.batches_per_round,
+        },
+        rounds=options.effective_rounds,
+        timeout_s=options.timeout_s,
+        # A checkpoint left by an earlier bench in the same directory must not be resumed.
+        extra_edge_flags=("--fresh",),
+        progress=options.progress,
+        label=run.name,
+        verbose=False,
+    )
+    result = run_once(demo)
+    if result.ok:
+        print(f"  {run.name:<8} done in {result.wall_s:.1f} s", flush=True)
+    return result
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def build_results(
+    options: BenchOptions,
+    machine: Mapping[str, Any],
+    choice: SlChoice | None,
+    results: Mapping[str, RunResult],
+) -> dict[str, Any]:
+    """The results.json document: scenario, machine, settings, every report, the summary."""
+    reports = {name: r.report for name, r in results.items() if r.ok and r.report is not None}
+    scenario = options.scenario
+    link_modes = sorted(
+        {
+            device.get("link_mode", "unknown")
+            for report in reports.values()
+            for entry in report["rounds"]
+            for device in entry["devices"].values()
+        }
+    )
+    settings: dict[str, Any] = {
+        "alpha": options.effective_alpha,
+        "rounds": options.effective_rounds,
+        "seed": options.seed,
+        "target_accuracy": options.target_accuracy,
+        "policies": list(options.policies),
+        "quick": options.quick,
+        "model": scenario.model,
+        "dataset": scenario.dataset,
+        "batch_size": scenario.batch_size,
+        "batches_per_round": options.batches_per_round,
+        "time_scale": scenario.time_scale,
+        "link_mode": ", ".join(link_modes) or "unknown",
+        "broker": "a fresh local Mosquitto per policy run",
+        "timeout_s": options.timeout_s,
+    }
+    if choice is not None:
+        settings["sl_best"] = {"cut": choice.cut, "how": choice.how, "predicted": choice.predicted}
+    document: dict[str, Any] = {
+        "scenario": scenario.model_dump(mode="json"),
+        "machine": dict(machine),
+        "settings": settings,
+        "policies": reports,
+        "runs": {
+            name: {"code": r.code, "wall_s": r.wall_s, "run_dir": str(r.run_dir)}
+            for name, r in results.items()
+        },
+        "failed": {
+            name: f"{r.problem or f'exit {r.code}'}; logs in {r.run_dir}"
+            for name, r in results.items()
+            if not r.ok
+        },
+    }
+    if reports:
+        document["summary"] = summarise(
+            reports,
+            options.effective_alpha,
+            target_accuracy=options.target_accuracy,
+            walls={name: results[name].wall_s for name in reports},
+        )
+    return document
+
+
+def _write(out: Path, document: Mapping[str, Any]) -> None:
+    from ares.bench_plots import write_plots
+
+    (out / "results.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    if document.get("summary"):
+        (out / "summary.md").write_text(render_summary(document))
+        write_plots(document, out)
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers were taken; the load average says how busy the machine was."""
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch_version,
+        "platform": platform.platform(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average_start": _load_average(),
+    }
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not on every platform
+        return None
+
+
+# --- choosing sl-best's cut ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlChoice:
+    """sl-best's cut, how it was chosen, and the cost model's objective for each candidate."""
+
+    cut: int
+    how: str
+    # The cost model's objective: "ares", "fl", "cut 1", ...; None where infeasible.
+    predicted: dict[str, float | None] = field(default_factory=dict)
+
+
+def choose_sl_cut(options: BenchOptions) -> SlChoice:
+    """The single cut for every device that minimises the planner's objective for the scenario.
+
+    Priced the way the edge prices a plan (:class:`edge_service.planning.SplitPlanner`, the same
+    objective and normalisation by federated learning), from what the edge would know after
+    registration: each emulated board's compute profile (its per-block times, computed from this
+    host's as the agent does), its power figures, this host's per-block times for the edge's
+    part, the scenario's initial link rates and each device's samples per round. Only cuts
+    below L are candidates: at L nothing is split.
+    """
+    inputs = scenario_plan_inputs(
+        options.scenario,
+        alpha=options.effective_alpha,
+        seed=options.seed,
+        batches_per_round=options.batches_per_round,
+    )
+    blocks = inputs.blocks
+    if options.sl_cut is not None:
+        if not 1 <= options.sl_cut < blocks:
+            raise ValueError(f"--sl-cut must lie in 1..{blocks - 1} for {options.scenario.model}")
+        return SlChoice(options.sl_cut, "given with --sl-cut", inputs.objectives())
+    predicted = inputs.objectives()
+    candidates = {
+        cut: value for cut in range(1, blocks) if (value := predicted[f"cut {cut}"]) is not None
+    }
+    if not candidates:
+        raise ValueError(f"no cut below {blocks} is feasible for every device of the scenario")
+    cut = min(candidates, key=lambda c: candidates[c])
+    how = (
+        f"chosen before the runs by the cost model: of cuts 1..{blocks - 1} for every device, "
+        f"cut {cut} has the lowest predicted objective ({candidates[cut]:.3f} at alpha "
+        f"{options.effective_alpha:g}, fl = 1.0), with the emulated boards' compute and power, "
+        "this host's times for the edge's part and the scenario's initial link rates"
+    )
+    return SlChoice(cut, how, predicted)
+
+
+@dataclass(frozen=True)
+class ScenarioPlanInputs:
+    """What the edge's planner would know about a scenario's devices after registration."""
+
+    model: str
+    blocks: int
+    alpha: float
+    server: BlockProfile
+    readings: dict[str, DeviceReadings]
+    defaults: PlanDefaults
+
+    def objective(self, policy: Policy, cut: int = 1) -> float | None:
+        """The plan's objective for ``policy`` (``sl`` at ``cut``); None if infeasible."""
+        from edge_service.planning import SplitPlanner
+        from planner import PlanningError
+
+        planner = SplitPlanner(
+            policy=policy,
+            alpha=self.alpha,
+            model_name=self.model,
+            server=self.server,
+            defaults=self.defaults,
+            fixed_split=cut,
+            fixed_splits={},
+        )
+        try:
+            value = planner.plan(self.readings).objective
+        except PlanningError:
+            return None
+        return value if math.isfinite(value) else None
+
+    def objectives(self) -> dict[str, float | None]:
+        """ARES's plan, federated learning and every shared cut below L, on one scale."""
+        return {
+            "ares": self.objective("ares"),
+            "fl": self.objective("fl"),
+            **{f"cut {cut}": self.objective("sl", cut) for cut in range(1, self.blocks)},
+        }
+
+
+def scenario_plan_inputs(
+    scenario: Scenario, *, alpha: float, seed: int, batches_per_round: int | None
+) -> ScenarioPlanInputs:
+    """Profile this host for the edge's part and price each device as its agent would report.
+
+    Torch runs on one thread, as the demo runs the edge and the agents.
+    """
+    import torch
+
+    from device_agent.emulation import Emulation
+    from device_agent.settings import DeviceSettings
+    from edge_service.planning import DeviceReadings, PlanDefaults
+    from edge_service.settings import EdgeSettings
+    from schemas import ComputeProfile, PowerFigures
+    from splitnn.data import load_dataset, partition_indices
+    from splitnn.models import ModelSpec, num_blocks
+    from splitnn.profiling import profile_blocks
+
+    train = load_dataset(scenario.dataset, "train", data_dir=scenario.data_dir, seed=seed)
+    channels, size, _ = train.input_shape
+    spec = ModelSpec(scenario.model, channels, size, train.num_classes)
+    torch.set_num_threads(1)
+    host = profile_blocks(spec, scenario.batch_size)
+    total = sum(d.data_share for d in scenario.devices)
+    shards = partition_indices(train.y, total, scheme=scenario.partition, seed=seed)
+    emulations: dict[str, Emulation] = {}  # per board: preparing one may profile the host
+    readings = {}
+    for device in scenario.devices:
+        first, count, _ = scenario.shards()[device.id]
+        samples = sum(len(shards[i]) for i in range(first, first + count))
+        if batches_per_round is not None:  # the edge plans for the samples a round processes
+            samples = min(samples, batches_per_round * scenario.batch_size)
+        emulation = emulations.get(device.profile)
+        if emulation is None:
+            emulation = Emulation(
+                DeviceSettings(
+                    device_id=device.id, profile=device.profile, time_scale=scenario.time_scale
+                )
+            )
+            emulation.prepare(spec.name)
+            emulations[device.profile] = emulation
+        forward, backward = emulation.block_times(
+            host.forward_s, host.backward_s, scenario.batch_size, spec.name
+        )
+        downlink = device.downlink if device.downlink is not None else device.uplink
+        readings[device.id] = DeviceReadings(
+            samples=samples,
+            compute=ComputeProfile(
+                model=spec.name,
+                batch_size=scenario.batch_size,
+                forward_s=forward,
+                backward_s=backward,
+            ),
+            power=emulation.power(),
+            memory_bytes=emulation.profile.memory_bytes,
+            uplink_bps=_initial_bps(device.uplink, scenario.time_scale),
+            downlink_bps=_initial_bps(downlink, scenario.time_scale),
+            link_source="scenario",
+            wire_itemsize=2 if scenario.wire_dtype == "float16" else 4,
+        )
+    edge = EdgeSettings(checkpoint=None)  # the edge's assumptions for what a device lacks
+    defaults = PlanDefaults(
+        power=PowerFigures(
+            compute_w=edge.assumed_power_compute_w,
+            transmit_w=edge.assumed_power_transmit_w,
+            receive_w=edge.assumed_power_receive_w,
+        ),
+        link_bps=edge.assumed_link_mbps * 1e6,
+    )
+    return ScenarioPlanInputs(
+        model=spec.name,
+        blocks=num_blocks(spec),
+        alpha=alpha,
+        server=host,
+        readings=readings,
+        defaults=defaults,
+    )
+
+
+def _initial_bps(schedule: ScheduleSpec, time_scale: float) -> float:
+    return parse_schedule(schedule).scaled(time_scale).initial_mbps * 1e6
