@@ -23,13 +23,17 @@ class DeviceRoundReport:
     train_loss: float | None
     rtt_median_s: float | None  # batch round trip as the device measured it
     # The device's energy this round by the cost model: its power figures (declared, else the
-    # edge's assumption) times its measured compute, send and receive times.
+    # edge's assumption) times its measured compute, send and receive times, and its radio
+    # power times the weight transfer (weights_s).
     energy_j: float
     uplink_mbps: float | None  # the device's own estimates (telemetry)
     downlink_mbps: float | None
     battery_pct: float | None
     link_mode: str
     emulation_behind_s: float  # an emulated device's host fell this far behind (0: kept up)
+    # The device part's weights, down with the round start and up at its end, over the device's
+    # link estimates (else its declared rates): seconds, included in energy_j.
+    weights_s: float = 0.0
 
 
 @dataclass
@@ -56,6 +60,8 @@ class RunReport:
     final_accuracy: float | None = None
     wall_s: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
+    # The edge's event-loop lag (edge_service.loop_lag.LagStats): recent window and whole run.
+    loop_lag: dict[str, float | int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -74,7 +74,7 @@ from schemas.topics import DEVICE_TO_EDGE
 from splitnn.data import load_dataset
 from splitnn.fedavg import fedavg
 from splitnn.models import ModelSpec, build_model, num_blocks
-from splitnn.partition import validate_cut
+from splitnn.partition import block_index, validate_cut
 from splitnn.profiling import profile_blocks
 from splitnn.tensors import state_to_arrays, warm_up_torch
 
@@ -557,10 +557,11 @@ class EdgeService:
         """Energy and the latest readings of one device, for the round report."""
         record = self.devices.get(result.device_id)
         power = (record.hello.power if record else None) or self.planner.defaults.power
+        weights_up_s, weights_down_s = self._weights_transfer_s(result, record)
         energy = (
             power.compute_w * result.busy_s
-            + power.transmit_w * result.uplink_s
-            + power.receive_w * result.downlink_s
+            + power.transmit_w * (result.uplink_s + weights_up_s)
+            + power.receive_w * (result.downlink_s + weights_down_s)
         )
         live = record.telemetry if record else None
 
@@ -574,7 +575,31 @@ class EdgeService:
             "battery_pct": live.battery_pct if live else None,
             "link_mode": record.hello.link_mode if record else "unknown",
             "emulation_behind_s": round(result.behind_s, 4),
+            "weights_s": round(weights_up_s + weights_down_s, 4),
         }
+
+    def _weights_transfer_s(
+        self, result: DeviceResult, record: DeviceRecord | None
+    ) -> tuple[float, float]:
+        """Seconds the device part's weights took up and down this round (estimated).
+
+        The weights ride on the round start and the round's last message, so no transfer of
+        them is timed on its own: their bytes over the device's link estimates stand in.
+        """
+        bits = 8.0 * sum(
+            t.numel() * t.element_size()
+            for k, t in self.global_state.items()
+            if block_index(k) < result.split
+        )
+        up = down = self.settings.assumed_link_mbps * 1e6
+        if record is not None:
+            up = record.hello.uplink_bps or up
+            down = record.hello.downlink_bps or up
+            if record.measured_link is not None:
+                up = record.measured_link[0]
+                down = record.measured_link[1] or up
+        # Down with every round start; up only from a device whose part came back.
+        return (bits / up if result.state is not None else 0.0), bits / down
 
     def _write_report(self) -> None:
         self.report.loop_lag = self.loop_lag.stats().to_dict()

@@ -103,6 +103,11 @@ async def test_metrics_served_while_training(mosquitto):
         url = f"http://127.0.0.1:{edge.metrics.port}/metrics"
         text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
         await run
+    # The device part's weights moved every round, and their transfer is in the energy.
+    for entry in edge.report.rounds:
+        for device in entry.devices.values():
+            assert device.weights_s > 0
+            assert device.energy_j > 0
     page = text.decode()
     assert "ares_rounds_completed_total" in page
     assert "ares_batches_served_total" in page
