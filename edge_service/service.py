@@ -30,6 +30,7 @@ from edge_service.checkpoint import (
     write_checkpoint,
 )
 from edge_service.evaluation import Evaluation, evaluate
+from edge_service.fanout import gather_bounded
 from edge_service.loop_lag import LoopLagMonitor
 from edge_service.metrics import DeviceView, EdgeCollector, EdgeView, MetricsServer
 from edge_service.planning import DeviceReadings, PlanDefaults, RoundPlan, SplitPlanner
@@ -325,14 +326,13 @@ class EdgeService:
                 downlink_bps=link[1],
                 battery_pct=record.telemetry.battery_pct if record.telemetry else None,
             )
-        lag = getattr(self, "loop_lag", None)
         return EdgeView(
             report=self.report,
             counters=self.counters.snapshot(),
             devices=devices,
             round_no=self._round_no,
             rounds_planned=self.settings.rounds,
-            loop_lag_s=lag.quantiles() if lag is not None else {},
+            loop_lag_s=self.loop_lag.quantiles(),
         )
 
     async def _train(self, executor: Executor) -> None:
@@ -427,11 +427,9 @@ class EdgeService:
                 log.info("  %s: cut %d, %.2f s, %.2f J predicted; %s [%s]", device_id,
                          entry.split, entry.predicted_time_s, entry.predicted_energy_j,
                          entry.reason, entry.inputs)  # fmt: skip
-            await asyncio.gather(
-                *(
-                    self._start_device(runner, d, split, train, deadline)
-                    for d, (split, train) in plan.items()
-                )
+            await gather_bounded(
+                self._start_device(runner, d, split, train, deadline)
+                for d, (split, train) in plan.items()
             )
             results = await runner.run(deadline)
         finally:
@@ -868,8 +866,8 @@ class EdgeService:
         runner = self._round
         if runner is not None:
             abort = RoundAbort(session=self.session, round=runner.round_no, reason="edge stopped")
-            await asyncio.gather(
-                *(self._send_ctrl(d, abort) for d in runner.devices), return_exceptions=True
+            await gather_bounded(
+                (self._send_ctrl(d, abort) for d in runner.devices), return_exceptions=True
             )
         await self._publish_informative(self.topics.edge_status, to_json(self._status("stopped")))
 
@@ -879,8 +877,8 @@ class EdgeService:
 
     async def _finish_devices(self, reason: str) -> None:
         message = Finish(session=self.session, reason=reason)
-        await asyncio.gather(
-            *(self._send_ctrl(d, message) for d, r in self.devices.items() if r.state != "offline"),
+        await gather_bounded(
+            (self._send_ctrl(d, message) for d, r in self.devices.items() if r.state != "offline"),
             return_exceptions=True,
         )
 

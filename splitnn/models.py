@@ -16,7 +16,7 @@ from torch import nn
 
 from splitnn.errors import SplitError
 
-MODEL_NAMES = ("vgg5", "small_cnn")
+MODEL_NAMES = ("vgg5", "small_cnn", "tiny")
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,19 @@ def _small_cnn(spec: ModelSpec) -> list[nn.Module]:
     ]
 
 
+def _tiny(spec: ModelSpec) -> list[nn.Module]:
+    """A multilayer perceptron for load tests: many devices, little compute, small frames."""
+    return [
+        _dense(spec.in_channels * spec.image_size * spec.image_size, 32),
+        nn.Sequential(nn.Linear(32, 32), nn.ReLU()),
+        nn.Linear(32, spec.num_classes),
+    ]
+
+
 _BUILDERS: Mapping[str, Callable[[ModelSpec], list[nn.Module]]] = {
     "vgg5": _vgg5,
     "small_cnn": _small_cnn,
+    "tiny": _tiny,
 }
 
 

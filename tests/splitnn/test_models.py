@@ -47,6 +47,15 @@ def test_models_are_generic_in_input_size(
     assert cut_shapes(spec)[-1] == (classes,)
 
 
+def test_tiny_model_shapes() -> None:
+    spec = ModelSpec("tiny", in_channels=1, image_size=8, num_classes=10)
+    assert num_blocks(spec) == 3
+    assert cut_shapes(spec) == [(32,), (32,), (10,)]
+    params = sum(p.numel() for p in build_model(spec).parameters())
+    assert params == (64 * 32 + 32) + (32 * 32 + 32) + (32 * 10 + 10)
+    assert state_keys(spec)[0] == "0.1.weight"  # block 0 is Flatten, Linear, ReLU
+
+
 def test_state_keys_start_with_the_block_index() -> None:
     model = build_model(VGG5_CIFAR)
     assert state_keys(VGG5_CIFAR) == tuple(model.state_dict())
