@@ -730,10 +730,9 @@ def _definitions(summary: Mapping[str, Any]) -> list[str]:
         f"- time to target: training time until the first round at accuracy "
         f"{summary['target_accuracy']:.4f} or above ({summary['target_rule']}).",
         "- device energy: the cost model's accounting of each device's measured compute, send "
-        "and receive times with its board's power figures, summed over rounds. The report "
-        "counts activations and gradients but not the weights that go down with each round "
-        "start and back at its end (the planner's prediction includes them): this favours "
-        "policies that keep many blocks on the device, fl above all.",
+        "and receive times with its board's power figures, summed over rounds; the weights "
+        "that go down with each round start and back at its end count by their bytes over "
+        "the device's link estimates (the report's weights_s), as the planner prices them.",
         f"- objective: alpha * T / T_ref + (1 - alpha) * E / E_ref with alpha "
         f"{summary['alpha']:g}, T the training time and E the total device energy; T_ref = "
         f"{num(summary['reference_time_s'])} s and E_ref = {num(summary['reference_energy_j'])} J "
