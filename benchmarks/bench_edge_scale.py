@@ -264,12 +264,14 @@ class Run:
             "failed_batches": sum(f["failed_batches"] for f in fleets),
             "not_ok_device_rounds": sum(d["status"] != "ok" for d in device_rounds),
             "rejections": _merge_counts(f["errors"] for f in fleets),
+            "device_failures": _merge_counts(f["failures"] for f in fleets),
             "closed_by_deadline": sum(f["closed"] for f in fleets),
             "rtt_s": summary([x for f in fleets for x in f["rtt_s"]]),
             "edge_server_s": summary([x for f in fleets for x in f["server_s"]]),
             "device_send_slip_s": summary([x for f in fleets for x in f["slip_s"]]),
             "device_loop_lag_p99_s": max(f["loop_lag"]["total_p99_s"] for f in fleets),
             "devices_finished": all(f["finished"] for f in fleets),
+            "edge_gc": edge["gc"],
             "cpu_share": {
                 "edge": edge["phases"]["training"]["cpu_share"],
                 "mosquitto": (end.broker - start.broker) / wall,
@@ -358,13 +360,16 @@ def print_results(config: Config, results: list[dict[str, Any]]) -> None:
         "sent on time."
     )
     for r in results:
-        slip = r["device_send_slip_s"]
+        slip, gc2 = r["device_send_slip_s"], r["edge_gc"]["2"]
         print(
             f"  {r['devices']} devices: device send slip p99 {ms(slip['p99'])} ms, device-process "
             f"loop lag p99 {ms(r['device_loop_lag_p99_s'])} ms; round durations "
             + ", ".join(f"{d:.1f}" for d in r["round_durations_s"])
-            + " s"
+            + f" s; the edge's full garbage collections: {gc2['count']}, longest "
+            f"{ms(gc2['max_s'])} ms (the first is start-up's, before any device connects)"
         )
+        if r["rejections"] or r["device_failures"]:
+            print(f"    rejections {r['rejections']}; device failures {r['device_failures']}")
     target = [r for r in results if r["devices"] == TARGET_DEVICES]
     if target:
         p99 = target[0]["lag_training"]["p99_s"]

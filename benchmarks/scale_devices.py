@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import statistics
 import time
@@ -73,6 +74,8 @@ from schemas import (
 )
 from schemas.messages import DeviceState
 
+log = logging.getLogger(__name__)
+
 GRAD_RETRIES = 3  # as the agent's default
 STOP_TIMEOUT_S = 2.0
 WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -105,6 +108,7 @@ class Tally:
     closed: int = 0  # round_close received (the edge's round deadline passed)
     aborted: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # the edge's rejections, by reason
+    failures: Counter[str] = field(default_factory=Counter)  # rounds this side failed, by error
     rtt_s: list[float] = field(default_factory=list)  # first send -> gradient in hand
     server_s: list[float] = field(default_factory=list)  # the edge's receipt -> reply
     slip_s: list[float] = field(default_factory=list)  # how late a batch left after its think
@@ -139,6 +143,7 @@ class Tally:
             "closed": self.closed,
             "aborted": self.aborted,
             "errors": dict(self.errors),
+            "failures": dict(self.failures),
             "rtt_s": self.rtt_s,
             "server_s": self.server_s,
             "slip_s": self.slip_s,
@@ -255,6 +260,15 @@ class LightDevice:
     # --- a round --------------------------------------------------------------------------------
 
     async def _train(self, start: RoundStart, state: dict[str, np.ndarray]) -> None:
+        try:
+            await self._train_round(start, state)
+        except Exception as exc:  # counted and reported: the benchmark must not hide a bug
+            self.tally.failures[f"{type(exc).__name__}: {exc}"[:200]] += 1
+            log.exception("%s: round %d failed", self.device_id, start.round)
+            with contextlib.suppress(LinkError):
+                await self._status("aborted", start.round)
+
+    async def _train_round(self, start: RoundStart, state: dict[str, np.ndarray]) -> None:
         train, blocks = start.train, len(self.fleet.cut_shapes)
         self.tally.batch_timeouts_s.add(train.batch_timeout_s)
         await self._status("training", start.round)

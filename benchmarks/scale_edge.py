@@ -8,8 +8,11 @@ every 100 ms and files the monitor's new samples under the phase the edge is in:
 round is recorded: rounds and everything between them), ``finishing``; and per round.
 
 stdout carries one line per event, ``EVENT <name> <time.monotonic()>``, so the orchestrator can
-read the other processes' CPU counters at the same moments. With ``--cprofile PATH`` the event
-loop's thread is profiled during the training phase. The numbers go to ``--out`` as JSON.
+read the other processes' CPU counters at the same moments. The JSON (``--out``) also holds the
+probes later than 20 ms with their wall-clock time (to line up with edge.log) and every garbage
+collection's pause by generation (gc.callbacks). For diagnosis: ``--cprofile PATH`` profiles the
+loop's thread while training, ``--slow-callback-ms`` turns on asyncio's slow-callback log, and
+``--compute-workers`` and ``--switch-interval-ms`` change the edge's set-up.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import sys
 import time
@@ -116,6 +120,31 @@ class Phases:
         emit(phase)
 
 
+class GcTimes:
+    """How long each garbage collection paused the process (gc.callbacks), by generation."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[tuple[float, float]]] = {0: [], 1: [], 2: []}  # (at, s)
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append((time.time(), time.perf_counter() - self._began))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            str(gen): {
+                "count": len(pauses),
+                "total_s": sum(s for _, s in pauses),
+                "max_s": max((s for _, s in pauses), default=0.0),
+                "longest": sorted(pauses, key=lambda p: -p[1])[:10],
+            }
+            for gen, pauses in self.pauses.items()
+        }
+
+
 def emit(event: str) -> None:
     print(f"EVENT {event} {time.monotonic():.6f}", flush=True)
 
@@ -199,8 +228,12 @@ def main() -> None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
     setup_logging("INFO", "edge")  # as `ares edge` runs by default
     service = EdgeService(build_settings(args))
-    service.loop_lag = LoopLagMonitor(interval_s=args.lag_interval_s, window=100_000)
+    # A small window: the collector drains it every 100 ms, and the edge sorts it for its
+    # report every round (a 100,000-sample window cost it ~20 ms on the loop each time).
+    service.loop_lag = LoopLagMonitor(interval_s=args.lag_interval_s, window=2000)
     phases = Phases(args.devices, args.rounds, args.cprofile)
+    gc_times = GcTimes()
+    gc.callbacks.append(gc_times)
     emit("started")
     runtime.run(lambda: observe(service, phases, args.slow_callback_ms))
     emit("done")
@@ -210,6 +243,7 @@ def main() -> None:
         "lag_interval_s": args.lag_interval_s,
         "monitor": service.loop_lag.stats().to_dict(),
         "spikes": sorted(phases.spikes, key=lambda spike: -spike[1])[:50],
+        "gc": gc_times.to_dict(),
     }
     args.out.write_text(json.dumps(out))
 

@@ -6,7 +6,7 @@ once, prints ``READY``, then serves one JSON command per stdin line, ``{"size", 
 own), sends one untimed warm-up frame, then ``count`` frames with at most ``window``
 unacknowledged (1: each send awaited, as the device agent does) and prints one JSON line:
 ``t_start`` and ``t_end`` (time.monotonic(), the same clock as the receiver's on this machine),
-each send's duration and each frame's bytes. EOF on stdin ends it.
+the sends' durations (median, p99, max) and the frames' bytes. EOF on stdin ends it.
 
 Transports: ``mqtt`` publishes QoS 1 through ``MqttLink`` (acknowledged by the broker's PUBACK);
 ``tcp`` writes length-prefixed frames on one plain TCP connection, each acknowledged by the
@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+from benchutil import summary
 
 from ares import runtime
 from broker.link import MqttLink, MqttSettings
@@ -125,8 +126,8 @@ async def timed_sends(send: Send, frames: list[bytes], count: int, window: int) 
     return {
         "t_start": t_start,
         "t_end": time.monotonic(),
-        "send_s": durations,
-        "payload_bytes": [len(frames[seq % len(frames)]) for seq in range(count)],
+        "send_s": summary(durations),
+        "payload_bytes": sum(len(frames[seq % len(frames)]) for seq in range(count)),
     }
 
 

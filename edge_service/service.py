@@ -31,6 +31,7 @@ from edge_service.checkpoint import (
 )
 from edge_service.evaluation import Evaluation, evaluate
 from edge_service.fanout import gather_bounded
+from edge_service.heap import frozen_heap
 from edge_service.loop_lag import LoopLagMonitor
 from edge_service.metrics import DeviceView, EdgeCollector, EdgeView, MetricsServer
 from edge_service.planning import DeviceReadings, PlanDefaults, RoundPlan, SplitPlanner
@@ -265,9 +266,12 @@ class EdgeService:
         started = time.perf_counter()
         subscriptions = [(self.topics.all_devices(ch), 1) for ch in DEVICE_TO_EDGE]
         will = LastWill(self.topics.edge_status, to_json(self._status("stopped")))
-        with ThreadPoolExecutor(
-            self.settings.compute_workers, thread_name_prefix="edge-compute"
-        ) as executor:
+        with (
+            frozen_heap(),
+            ThreadPoolExecutor(
+                self.settings.compute_workers, thread_name_prefix="edge-compute"
+            ) as executor,
+        ):
             link = MqttLink(
                 self.settings.mqtt,
                 self.settings.client_id,
@@ -387,16 +391,18 @@ class EdgeService:
     ) -> tuple[RoundPlan, list[DeviceResult]]:
         online = {d: r for d, r in self.devices.items() if r.state != "offline"}
         batches = {d: self._batches(r.hello.samples) for d, r in online.items()}
-        round_plan = self.planner.plan(
-            {
-                d: r.readings(
-                    WIRE_ITEMSIZE[self._wire_dtype(d)],
-                    self.settings.telemetry_stale_s,
-                    # Plan for the samples this round really processes.
-                    samples=min(r.hello.samples, batches[d] * self.settings.batch_size),
-                )
-                for d, r in online.items()
-            }
+        readings = {
+            d: r.readings(
+                WIRE_ITEMSIZE[self._wire_dtype(d)],
+                self.settings.telemetry_stale_s,
+                # Plan for the samples this round really processes.
+                samples=min(r.hello.samples, batches[d] * self.settings.batch_size),
+            )
+            for d, r in online.items()
+        }
+        # Pure computation, ~25 ms for 500 devices: in a worker thread, off the event loop.
+        round_plan = await asyncio.get_running_loop().run_in_executor(
+            ctx.executor, self.planner.plan, readings
         )
         deadline = self._round_deadline(round_plan)
         plan = {

@@ -37,6 +37,7 @@ def test_quick_run_trains_every_batch_without_a_miss(tmp_path: Path) -> None:
     assert result["rtt_s"]["n"] == result["edge_server_s"]["n"] == devices * rounds * batches
     # The light devices speak the protocol: nothing rejected, nothing late, nobody dropped.
     assert result["rejections"] == {}
+    assert result["device_failures"] == {}
     assert result["late_gradients"] == result["failed_batches"] == 0
     assert result["not_ok_device_rounds"] == 0
     assert result["devices_finished"]
