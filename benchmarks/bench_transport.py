@@ -555,7 +555,7 @@ def _explain(
     per_message_s = statistics.median(s.seconds / s.count for s in mqtt)
     send_s = statistics.median(s.send_s_median for s in mqtt)
     transfer_s = mqtt[0].payload_bytes / mqtt[0].count * 8 / ceiling_bps
-    extra_ms = (per_message_s - transfer_s) * 1e3
+    extra_ms = max(0.0, per_message_s - transfer_s) * 1e3  # below zero: noise
     text = (
         f"{_size(size)} {_mode(win)} at {mbps:g} Mbit/s: {share:.1%} of the rate "
         f"(raw TCP, {_mode(window)}: {ceiling_bps / (mbps * 1e6):.1%}). A message takes "
