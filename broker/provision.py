@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from broker.config import MQTT_MAX_PACKET_SIZE
+from schemas.config_file import toml_value
 from schemas.topics import DEFAULT_PREFIX, DEVICE_TO_EDGE, EDGE_TO_DEVICE, Topics
 
 EDGE_USER = "ares-edge"
@@ -402,33 +403,6 @@ def _setup_from_dict(data: Mapping[str, Any]) -> BrokerSetup:
 
 
 # --- TOML output --------------------------------------------------------------------------------
-
-
-def toml_value(value: object) -> str:
-    """A TOML literal for a string, path, bool, int or tuple/list of strings."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str | PurePosixPath):
-        return _toml_string(str(value))
-    if isinstance(value, tuple | list):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    raise TypeError(f"no TOML rendering for {type(value).__name__}")
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string: quote, backslash and control characters escaped (DEL included)."""
-    out = ['"']
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04X}")
-        else:
-            out.append(char)
-    out.append('"')
-    return "".join(out)
 
 
 def _check_address(host: str, what: str) -> None:

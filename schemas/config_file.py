@@ -17,11 +17,10 @@ the settings' field names, with the MQTT settings in an ``[mqtt]`` table::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -204,21 +203,35 @@ def _toml_line(key: str, value: Any, source: str | None) -> str:
     note = f"  # from {source}" if source else ""
     if value is None:
         return f"# {key} = (unset){note}"
-    return f"{key} = {_toml_value(value)}{note}"
+    shown = toml_value(MASK) if isinstance(value, SecretStr) else toml_value(value)
+    return f"{key} = {shown}{note}"
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, SecretStr):
-        return json.dumps(MASK)
+def toml_value(value: object) -> str:
+    """A TOML literal for a bool, number, string, path, list or tuple, or a mapping of them."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    if isinstance(value, str | PurePath):
+        return _toml_string(str(value))
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     if isinstance(value, Mapping):
-        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        inner = ", ".join(f"{_toml_string(str(k))} = {toml_value(v)}" for k, v in value.items())
         return "{" + (f" {inner} " if inner else "") + "}"
-    return json.dumps(str(value))
+    raise TypeError(f"no TOML rendering for {type(value).__name__}")
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quote, backslash and control characters escaped (DEL included)."""
+    out = ['"']
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04X}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)

@@ -23,8 +23,8 @@ from broker.provision import (
     render_acl,
     render_mosquitto_conf,
     render_setup,
-    toml_value,
 )
+from schemas.config_file import toml_value
 from schemas.topics import DEVICE_TO_EDGE, EDGE_TO_DEVICE, DeviceChannel
 
 
@@ -239,4 +239,4 @@ def test_toml_values():
     )
     assert doc == {"a": True, "b": 5, "c": ["x", "y"], "d": "/p"}
     with pytest.raises(TypeError):
-        toml_value(1.5)
+        toml_value(object())
