@@ -338,7 +338,12 @@ async def test_a_device_cannot_read_another_devices_traffic(secured: Secured):
 # --- training --------------------------------------------------------------------------------
 
 
-async def _attack(s: Secured, stop: asyncio.Event) -> tuple[int, list[str]]:
+ATTACK_HEAD_START = 20  # messages the neighbour sends before training starts
+
+
+async def _attack(
+    s: Secured, stop: asyncio.Event, underway: asyncio.Event
+) -> tuple[int, list[str]]:
     """As dev-0: keep publishing garbage and forged frames on dev-1's topics; listen on them."""
     forged = encode_frame(
         to_meta(ActivationMeta(device_id="dev-1", round=1, seq=0)),
@@ -361,6 +366,8 @@ async def _attack(s: Secured, stop: asyncio.Event) -> tuple[int, list[str]]:
                     for payload in (b"\x00garbage", forged):
                         await attacker.publish(topic, payload, qos=1)
                         sent += 1
+                if sent > ATTACK_HEAD_START:
+                    underway.set()  # training starts under an attack already in full swing
                 await asyncio.sleep(0.01)
         finally:
             listener.cancel()
@@ -378,8 +385,11 @@ async def _train(s: Secured, *, attacked: bool) -> tuple[EdgeService, RunReport,
         config = load_settings(DeviceSettings, s.target.client_file(device))
         assert config.mqtt.url.startswith("mqtts://")  # every device goes over TLS
         agents.append(DeviceAgent(device_settings(s.broker, index, 2, mqtt=config.mqtt, seed=3)))
-    stop = asyncio.Event()
-    attack = asyncio.create_task(_attack(s, stop)) if attacked else None
+    stop, underway = asyncio.Event(), asyncio.Event()
+    attack = asyncio.create_task(_attack(s, stop, underway)) if attacked else None
+    if attack is not None:
+        async with asyncio.timeout(30):
+            await underway.wait()
     try:
         report = await train(edge, agents)
     finally:
