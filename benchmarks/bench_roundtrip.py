@@ -55,7 +55,7 @@ def run_config(model: str, dataset: str, cut: int, batch: int, devices: int, rou
         command = [
             sys.executable, "-m", "ares", "demo", "--devices", str(devices),
             "--rounds", str(rounds), "--model", model, "--dataset", dataset, "--split", str(cut),
-            "--batch-size", str(batch), "--batches-per-round", "20",
+            "--policy", "sl", "--batch-size", str(batch), "--batches-per-round", "20",
             "--run-dir", tmp, "--report", str(report_path),
         ]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True, timeout=900)
