@@ -31,6 +31,7 @@ from broker.urls import parse_broker_url
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 2.0  # how long closing a link waits for the broker to see us go
+PENDING_CALLS_WARNING = 1000  # in-flight calls before aiomqtt warns; see _make_client
 
 
 class LinkError(RuntimeError):
@@ -315,7 +316,7 @@ class MqttLink:
             will = aiomqtt.Will(
                 self._will.topic, self._will.payload, qos=1, retain=self._will.retain
             )
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             host,
             port,
             identifier=self.client_id,
@@ -334,6 +335,10 @@ class MqttLink:
             # Without TCP_NODELAY every awaited QoS 1 publish waits ~40 ms for delayed ACKs.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
+        # An edge serving many devices has a QoS 1 publish in flight per device; aiomqtt's
+        # default (10) logs a warning on every busy round, which buries the real ones.
+        client.pending_calls_threshold = PENDING_CALLS_WARNING
+        return client
 
 
 class _QueueIterator:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -46,6 +47,14 @@ async def test_oversized_payload_is_refused_before_sending(mosquitto):
         with pytest.raises(LinkError, match="exceeds max_payload_bytes"):
             await pub.publish("t", b"x" * 4096)
         assert pub.is_connected
+
+
+async def test_many_publishes_in_flight_log_no_warning(mosquitto, caplog):
+    # An edge has a publish in flight per device; aiomqtt warns above 10 unless told otherwise.
+    async with MqttLink(mqtt(mosquitto), "pub", []) as pub:
+        with caplog.at_level(logging.WARNING):
+            await asyncio.gather(*(pub.publish(f"t/{i}", b"x" * 1024) for i in range(200)))
+    assert not [r for r in caplog.records if "pending" in r.getMessage()]
 
 
 async def test_no_broker_fails_fast_with_a_clear_error():
