@@ -76,9 +76,8 @@ from schemas.messages import DeviceState
 
 log = logging.getLogger(__name__)
 
-GRAD_RETRIES = 3  # as the agent's default
+GRAD_RETRIES = 3  # the agent's default, kept here: importing device_agent would load torch
 STOP_TIMEOUT_S = 2.0
-WIRE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 @dataclass(frozen=True)
@@ -312,7 +311,7 @@ class LightDevice:
         batch = start.train.batch_size
         act = self.numpy_rng.standard_normal((batch, *shape), dtype=np.float32)
         labels = self.numpy_rng.integers(0, self.fleet.num_classes, size=batch, dtype=np.int64)
-        act = act.astype(WIRE_DTYPES[start.train.wire_dtype])
+        act = act.astype(np.dtype(start.train.wire_dtype))
         meta = ActivationMeta(device_id=self.device_id, round=start.round, seq=seq)
         payload = encode_frame(to_meta(meta), {"act": act, "labels": labels})
         key = (start.round, seq)
