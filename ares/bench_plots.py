@@ -181,7 +181,7 @@ def _round_time_figure(runs: Mapping[str, RunData]) -> Figure:
         axes.set_xlabel("round")
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.grid(alpha=0.3)
-    panels[0].set_ylabel("device time, s (compute + batch round trips)")
+    panels[0].set_ylabel("device round time, s (start sent to part received)")
     panels[0].scatter([], [], marker="X", color="red", label="straggler")
     panels[0].scatter([], [], marker="v", color="black", label="dropped")
     panels[0].legend(fontsize="small")

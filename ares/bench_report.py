@@ -17,8 +17,9 @@ Definitions (summary.md repeats them for the reader):
   and E the devices' total energy. As in :mod:`planner.objective` the reference is federated
   learning, here fl's *measured* T and E in the same bench (fl scores 1.0, lower is better); without
   an fl run, the first policy run. Battery weights are left out: energy counts as measured.
-- **device round time** (plots): ``busy_s + batches * rtt_median_s``, the device's compute plus
-  its batches' median round trips; an estimate, since the report has no per-device wall time.
+- **device round time** (plots): ``round_s``, measured at the edge from sending the device its
+  round start to holding its uploaded part. Reports from before that field existed fall back to
+  ``busy_s + batches * rtt_median_s``, the device's compute plus its batches' round trips.
 """
 
 from __future__ import annotations
@@ -78,10 +79,13 @@ class DeviceRound:
     predicted_energy_j: float
     uplink_mbps: float | None
     emulation_behind_s: float
+    round_s: float | None = None  # measured at the edge (None: no part came back, or old report)
 
     @property
     def time_s(self) -> float:
-        """Estimated time the device spent on the round: compute plus its batches' round trips."""
+        """Time the device spent on the round: measured at the edge, else estimated."""
+        if self.round_s is not None:
+            return self.round_s
         return self.busy_s + self.batches * (self.rtt_median_s or 0.0)
 
 
@@ -147,6 +151,7 @@ def _round(entry: Mapping[str, Any]) -> RoundData:
             predicted_energy_j=float(d["predicted_energy_j"]),
             uplink_mbps=_optional(d.get("uplink_mbps")),
             emulation_behind_s=float(d.get("emulation_behind_s", 0.0)),
+            round_s=_optional(d.get("round_s")),
         )
         for device_id, d in entry["devices"].items()
     }
@@ -745,9 +750,9 @@ def _definitions(summary: Mapping[str, Any]) -> list[str]:
         "measured rounds also hold aggregation and evaluation, which the cost model leaves out "
         "and which cost the same whatever the cuts, so compare measured / predicted between "
         "policies rather than with 1.",
-        "- device round time (round_times.png): a device's compute plus its batches' median "
-        "round trips, an estimate (the report has no per-device wall time) that leaves out the "
-        "weight transfers at round start and end.",
+        "- device round time (round_times.png): measured at the edge, from sending the device "
+        "its round start (with its part's weights) to holding its uploaded part; a device that "
+        "handed in nothing shows its estimate, compute plus its batches' median round trips.",
         "- emulation behind: seconds the host overran the emulated boards' compute times, summed "
         "over devices and rounds (0: the emulation kept up).",
         "",

@@ -34,6 +34,8 @@ class DeviceRoundReport:
     # The device part's weights, down with the round start and up at its end, over the device's
     # link estimates (else its declared rates): seconds, included in energy_j.
     weights_s: float = 0.0
+    # Measured at the edge: round start sent to the device's part received (None: no part).
+    round_s: float | None = None
 
 
 @dataclass

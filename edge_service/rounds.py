@@ -65,6 +65,8 @@ class DeviceResult:
     uplink_s: float = 0.0
     downlink_s: float = 0.0
     behind_s: float = 0.0
+    # Measured at the edge: from sending the round start to holding the device's part.
+    round_s: float | None = None
     state: dict[str, torch.Tensor] | None = None  # full model state after the round, if ok
     detail: str = ""
 
@@ -80,6 +82,7 @@ class DeviceRound:
     inbox: asyncio.Queue[tuple[ActivationMeta, Frame, float]] = field(default_factory=asyncio.Queue)
     result: asyncio.Future[DeviceResult] = field(default_factory=asyncio.Future)
     closing: bool = False  # the deadline passed; a partial upload is still welcome
+    started: float | None = None  # perf_counter() when its round start was sent
 
 
 Parts = dict[str, tuple[dict[str, torch.Tensor], ServerSession | None]]
@@ -208,6 +211,7 @@ class RoundRunner:
             uplink_s=meta.uplink_s,
             downlink_s=meta.downlink_s,
             behind_s=meta.behind_s,
+            round_s=None if device.started is None else time.perf_counter() - device.started,
         )
         if device.session is None:
             result.batches, result.samples, result.train_loss = (

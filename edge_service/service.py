@@ -463,6 +463,7 @@ class EdgeService:
             train=train,
             deadline_s=deadline,
         )
+        runner.devices[device_id].started = time.perf_counter()
         try:
             await self._send_ctrl(device_id, message, state_to_arrays(device_state))
         except LinkError as exc:
@@ -531,6 +532,7 @@ class EdgeService:
                 server_s=round(r.server_s, 4),
                 train_loss=r.train_loss,
                 rtt_median_s=r.rtt_median_s,
+                round_s=None if r.round_s is None else round(r.round_s, 4),
                 **self._device_readout(r),
             )
             for r in results

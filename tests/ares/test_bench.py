@@ -108,6 +108,13 @@ def three_policies(ares_behind: float = 0.0) -> dict[str, dict[str, Any]]:
 # --- metrics ----------------------------------------------------------------------------------
 
 
+def test_device_round_time_is_the_edge_measurement_else_an_estimate():
+    measured = {"pi": {**device(busy=1.0, batches=2, rtt=0.5), "round_s": 3.5}}
+    old = {"pi": device(busy=1.0, batches=2, rtt=0.5)}  # a report from before round_s
+    run = parse_report("x", report("x", [(0.5, 4.0, measured), (0.6, 4.0, old)]))
+    assert [r.devices["pi"].time_s for r in run.rounds] == [3.5, 2.0]
+
+
 def test_time_to_target_counts_durations_up_to_the_first_round_that_reaches_it():
     run = parse_report("x", report("x", [(0.3, 10, {}), (0.6, 20, {}), (0.8, 30, {})]))
     assert time_to_target(run, 0.6) == (30.0, 2)
@@ -369,6 +376,9 @@ def test_bench_runs_two_policies_and_writes_consistent_results(tmp_path):
         assert run["policy"] == name
         assert [r["round"] for r in run["rounds"]] == [1, 2]
         assert all(set(r["devices"]) == {"nano", "pi"} for r in run["rounds"])
+        for entry in run["rounds"]:  # measured at the edge, inside the round it belongs to
+            for device in entry["devices"].values():
+                assert 0 < device["round_s"] <= entry["duration_s"], (entry, device)
         measured = summary["policies"][name]
         assert measured["train_time_s"] == pytest.approx(
             sum(r["duration_s"] for r in run["rounds"])
