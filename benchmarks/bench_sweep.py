@@ -7,6 +7,10 @@ fl and sl, and writes it to OUT/sweep.md.
 
     python benchmarks/bench_sweep.py --out runs/sweep                     # the paper's testbed
     python benchmarks/bench_sweep.py --rates 5,100 --dtypes float16 --rounds 2 --out /tmp/s
+    python benchmarks/bench_sweep.py --out runs/sweep --table-only        # re-tabulate a sweep
+
+Next to each measured saving the table shows the cost model's prediction for the same runs (the
+plans' predicted round times and energies), so a gap between model and machine stands out.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ def main() -> int:
     parser.add_argument("--dtypes", default="float32,float16")
     parser.add_argument("--policies", default="ares,fl,sl-best")
     parser.add_argument("--rounds", type=int, help="rounds per policy (default: the scenario's)")
+    parser.add_argument(
+        "--table-only", action="store_true", help="only rebuild the table from OUT's results"
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     dtypes = args.dtypes.split(",")
@@ -39,6 +46,11 @@ def main() -> int:
     for dtype in dtypes:
         for rate in rates:
             point = args.out / f"{rate:g}mbit-{dtype}"
+            results = point / "results.json"
+            if args.table_only:
+                if results.exists():
+                    rows.append(_row(rate, dtype, json.loads(results.read_text())))
+                continue
             scenario_file = args.out / f"{point.name}.yaml"
             scenario_file.write_text(yaml.safe_dump(_variant(args.scenario, rate, dtype)))
             command = [
@@ -49,11 +61,10 @@ def main() -> int:
                 command += ["--rounds", str(args.rounds)]
             print(f"== {rate:g} Mbit/s, {dtype}: {' '.join(command)}", flush=True)
             code = subprocess.run(command, check=False).returncode
-            results = point / "results.json"
             if code != 0 or not results.exists():
                 print(f"   failed (exit {code}); see {point}", flush=True)
                 continue
-            rows.append(_row(rate, dtype, json.loads(results.read_text())["summary"]))
+            rows.append(_row(rate, dtype, json.loads(results.read_text())))
     table = _table(rows)
     (args.out / "sweep.md").write_text(table)
     print(table)
@@ -71,25 +82,57 @@ def _variant(name: str, rate_mbps: float, dtype: str) -> dict[str, Any]:
     return data
 
 
-def _row(rate: float, dtype: str, summary: dict[str, Any]) -> dict[str, Any]:
+def _row(rate: float, dtype: str, results: dict[str, Any]) -> dict[str, Any]:
+    summary = results["summary"]
     policies = summary["policies"]
-    ares = policies.get("ares", {})
     row: dict[str, Any] = {
         "rate": rate,
         "dtype": dtype,
         "best": summary.get("best_objective"),
-        "ares_splits": ares.get("splits"),
+        "ares_splits": _cuts(results["policies"].get("ares", {})),
         "objective": {name: p.get("objective") for name, p in policies.items()},
         "accuracy": {name: p.get("final_accuracy") for name, p in policies.items()},
     }
     for other, ratios in summary.get("ares_vs", {}).items():
-        row[other] = ratios
+        row[other] = dict(ratios)
+        predicted = _predicted_change(results["policies"], "ares", other)
+        row[other].update({f"predicted_{k}": v for k, v in predicted.items()})
     return row
 
 
+def _cuts(report: dict[str, Any]) -> str:
+    """ARES's cuts in its last round, device by device (the plan it settled on)."""
+    if not report.get("rounds"):
+        return "—"
+    devices = report["rounds"][-1]["devices"]
+    return " ".join(str(devices[d]["split"]) for d in sorted(devices))
+
+
+def _predicted_change(reports: dict[str, Any], name: str, other: str) -> dict[str, float | None]:
+    """The cost model's relative change of ``name`` against ``other``, over the runs' plans."""
+
+    def totals(report: dict[str, Any]) -> tuple[float, float]:
+        rounds = [r["devices"].values() for r in report.get("rounds", [])]
+        time = sum(max((d["predicted_time_s"] for d in r), default=0.0) for r in rounds)
+        energy = sum(d["predicted_energy_j"] for r in rounds for d in r)
+        return time, energy
+
+    if name not in reports or other not in reports:
+        return {"time": None, "energy": None}
+    (t, e), (t_other, e_other) = totals(reports[name]), totals(reports[other])
+    return {
+        "time": t / t_other - 1 if t_other else None,
+        "energy": e / e_other - 1 if e_other else None,
+    }
+
+
 def _pct(change: float | None) -> str:
-    # ares_vs holds relative changes (ARES - other) / other; shown as ARES's saving.
-    return "—" if change is None else f"{-100 * change:+.1f}%"
+    # Relative changes (ARES - other) / other, shown as ARES's saving.
+    return "—" if change is None else f"{round(-100 * change):+d}%"  # an int: never "-0%"
+
+
+def _saving(ratios: dict[str, Any], what: str) -> str:
+    return f"{_pct(ratios.get(what))} ({_pct(ratios.get(f'predicted_{what}'))})"
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -106,11 +149,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
         )
         lines.append(
             f"| {row['rate']:g} Mbit/s | {row['dtype']} | {row['ares_splits']} | "
-            f"{_pct(fl.get('time'))} | {_pct(fl.get('energy'))} | {_pct(sl.get('time'))} | "
-            f"{_pct(sl.get('energy'))} | {objective} | {row['best']} |"
+            f"{_saving(fl, 'time')} | {_saving(fl, 'energy')} | {_saving(sl, 'time')} | "
+            f"{_saving(sl, 'energy')} | {objective} | {row['best']} |"
         )
     lines.append("")
-    lines.append("Percentages are ARES's savings (positive: ARES took less time or energy).")
+    lines.append(
+        "Percentages are ARES's measured savings (positive: ARES took less time or energy), "
+        "and in brackets the cost model's prediction for the same runs. ARES cuts: its last "
+        "round's cut per device, devices in alphabetical order."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,63 @@
+"""bench_sweep.py's table: measured savings from each point's results, the model's beside them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).parents[2] / "benchmarks" / "bench_sweep.py"
+
+
+def run_report(splits: dict[str, int], time_s: float, energy_j: float) -> dict[str, Any]:
+    """One policy's report: two rounds whose plans predict ``time_s`` and ``energy_j`` each."""
+    devices = {
+        d: {"split": s, "predicted_time_s": time_s, "predicted_energy_j": energy_j / len(splits)}
+        for d, s in splits.items()
+    }
+    return {"rounds": [{"round": n, "devices": devices} for n in (1, 2)]}
+
+
+def write_point(out: Path, name: str) -> None:
+    results = {
+        "policies": {
+            "ares": run_report({"pi": 2, "nano": 4}, time_s=5.0, energy_j=30.0),
+            "fl": run_report({"pi": 7, "nano": 7}, time_s=10.0, energy_j=60.0),
+            "sl-best": run_report({"pi": 4, "nano": 4}, time_s=5.0, energy_j=40.0),
+        },
+        "summary": {
+            "best_objective": "ares",
+            "policies": {
+                "ares": {"objective": 0.55, "final_accuracy": 0.9},
+                "fl": {"objective": 1.0, "final_accuracy": 0.9},
+                "sl-best": {"objective": 0.6, "final_accuracy": 0.9},
+            },
+            "ares_vs": {
+                "fl": {"time": -0.4, "energy": -0.45},
+                "sl-best": {"time": 0.01, "energy": -0.2},
+            },
+        },
+    }
+    (out / name).mkdir(parents=True)
+    (out / name / "results.json").write_text(json.dumps(results))
+
+
+def test_table_only_rebuilds_the_table_with_predictions_beside_measurements(tmp_path):
+    write_point(tmp_path, "20mbit-float32")  # 50 Mbit/s was never run: no row, no failure
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--out", str(tmp_path), "--rates", "20,50",
+         "--dtypes", "float32", "--table-only"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "sweep.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| 20 Mbit/s")]
+    assert len(rows) == 1
+    assert "50 Mbit/s" not in table
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:3] == ["20 Mbit/s", "float32", "4 2"]  # nano, pi: the last round's cuts
+    # Measured saving, then the plans' prediction: time 5 s against 10 s, energy 30 J against 60.
+    assert cells[3:7] == ["+40% (+50%)", "+45% (+50%)", "-1% (+0%)", "+20% (+25%)"]
+    assert cells[7:] == ["0.550 / 1.000 / 0.600", "ares"]
