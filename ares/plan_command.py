@@ -88,6 +88,17 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         default="least_energy",
         help="what a device below the floor does (default %(default)s)",
     )
+    parser.add_argument(
+        "--link-mbps",
+        type=float,
+        metavar="RATE",
+        help="what-if: every device's uplink and downlink at RATE Mbit/s instead of FILE's",
+    )
+    parser.add_argument(
+        "--wire-dtype",
+        choices=["float32", "float16"],
+        help="what-if: activations and gradients on the wire in this dtype instead of FILE's",
+    )
     parser.set_defaults(handler=run_plan)
 
 
@@ -96,7 +107,11 @@ def run_plan(args: argparse.Namespace) -> int:
     try:
         _check_flags(args)
         name, data = load_document(args.file)
-        table = _table(name, data)
+        table = _table(name, _what_if(data, args))
+        what_if = [f"links at {args.link_mbps:g} Mbit/s"] if args.link_mbps else []
+        what_if += [f"wire {args.wire_dtype}"] if args.wire_dtype else []
+        if what_if:  # say what was overridden wherever the name is shown
+            name += f" ({', '.join(what_if)})"
         alphas = _SWEEP if args.sweep_alpha else (args.alpha,)
         outcomes = [_outcome(table, alpha, args) for alpha in alphas]
     except (PlanCommandError, PlanningError, OSError) as exc:
@@ -122,6 +137,27 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise PlanCommandError(f"--alpha must lie in [0, 1], got {args.alpha:g}")
     if not 0.0 < args.battery_floor <= 1.0:
         raise PlanCommandError(f"--battery-floor must lie in (0, 1], got {args.battery_floor:g}")
+    if args.link_mbps is not None and not args.link_mbps > 0:
+        raise PlanCommandError(f"--link-mbps must be > 0, got {args.link_mbps:g}")
+
+
+def _what_if(data: Any, args: argparse.Namespace) -> Any:
+    """FILE's document with the --link-mbps and --wire-dtype overrides applied."""
+    if not isinstance(data, dict):
+        return data  # the planner's parser names the problem
+    data = dict(data)
+    if args.wire_dtype is not None:
+        data["wire_dtype"] = args.wire_dtype
+    if args.link_mbps is not None:
+        data["defaults"] = {**(data.get("defaults") or {}), "uplink_mbps": args.link_mbps}
+        data["defaults"].pop("downlink_mbps", None)  # the downlink follows the uplink
+        data["devices"] = [
+            {k: v for k, v in d.items() if k not in ("uplink_mbps", "downlink_mbps")}
+            if isinstance(d, dict)
+            else d
+            for d in data.get("devices") or []
+        ]
+    return data
 
 
 def _table(name: str, data: Any) -> CostTable:

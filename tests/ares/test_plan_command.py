@@ -101,6 +101,32 @@ def test_plan_never_worse_than_the_baselines(
     assert fl.objective == pytest.approx(1.0)
 
 
+def test_what_if_links_and_wire_dtype_override_the_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    as_filed = PlanOutput.model_validate(_json(capsys, "paper-testbed", "--alpha", "1"))
+    # The paper counted 1 byte per float32: its 20 Mbit/s carried what 80 Mbit/s carries here.
+    fast = PlanOutput.model_validate(
+        _json(capsys, "paper-testbed", "--alpha", "1", "--link-mbps", "80")
+    )
+    assert fast.baselines.fl is not None
+    assert as_filed.baselines.fl is not None
+    assert fast.baselines.fl.max_time_s == as_filed.baselines.fl.max_time_s  # nothing crosses
+    assert fast.max_time_s < 0.6 * as_filed.max_time_s  # the Pi now offloads VGG5's heavy part
+    assert fast.devices["pi3b"].split == 2  # was 6: it sends the pooled first block's output
+    assert as_filed.devices["pi3b"].split == 6
+    half = PlanOutput.model_validate(
+        _json(capsys, "paper-testbed", "--alpha", "1", "--link-mbps", "40", "--wire-dtype",
+              "float16")
+    )  # fmt: skip
+    # Half the bytes at half the rate: activations and gradients take as long as float32 at
+    # 80 Mbit/s; only the device part's weights (always float32, once a round) take longer.
+    assert half.max_time_s == pytest.approx(fast.max_time_s, rel=1e-3)
+    assert half.max_time_s > fast.max_time_s
+    assert _run("paper-testbed", "--link-mbps", "80", "--wire-dtype", "float16") == 0
+    assert "(links at 80 Mbit/s, wire float16)" in capsys.readouterr().out
+
+
 def test_energy_only_plan_saves_energy(capsys: pytest.CaptureFixture[str]) -> None:
     output = PlanOutput.model_validate(_json(capsys, "paper-testbed", "--alpha", "0"))
     assert output.baselines.fl is not None
@@ -208,6 +234,7 @@ def test_directory_is_not_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     [
         (("--alpha", "1.5"), "--alpha must lie in [0, 1]"),
         (("--battery-floor", "0"), "--battery-floor must lie in (0, 1]"),
+        (("--link-mbps", "0"), "--link-mbps must be > 0"),
     ],
 )
 def test_bad_flags(
