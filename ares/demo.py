@@ -157,6 +157,7 @@ def scenario_devices(scenario: Scenario, shared: dict[str, Any]) -> tuple[Device
     launches = []
     for spec in scenario.devices:
         first, count, total = scenario.shards()[spec.id]
+        downlink = spec.downlink if spec.downlink is not None else spec.uplink
         values: dict[str, Any] = {
             "shard": f"{first}/{total}",
             "data_share": count,
@@ -165,10 +166,19 @@ def scenario_devices(scenario: Scenario, shared: dict[str, Any]) -> tuple[Device
             "time_scale": scenario.time_scale,
             "battery_wh": spec.battery_wh,
             "battery_pct": spec.battery_pct if spec.battery_wh else None,
+            # Declared like a real board's configured link, so round 1 is planned for it; from
+            # then on the device's own measurements take over.
+            "uplink_mbps": _starting_rate(spec.uplink, scenario.time_scale),
+            "downlink_mbps": _starting_rate(downlink, scenario.time_scale),
             **shared,
         }
         launches.append(DeviceLaunch(spec.id, _flags(values), spec))
     return tuple(launches)
+
+
+def _starting_rate(spec: ScheduleSpec, time_scale: float) -> float:
+    """Mbit/s the emulated link carries at the start, on the run's clock."""
+    return parse_schedule(spec).scaled(time_scale).rate_at(0.0)
 
 
 def _flags(values: dict[str, Any]) -> tuple[str, ...]:

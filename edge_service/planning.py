@@ -159,7 +159,11 @@ class SplitPlanner:
                 self._static = dict(solve(table, self.alpha).cuts)
             return plan_for_cuts(table, self.alpha, self._static, reason="planned once (static)")
         candidate = solve(table, self.alpha)
-        return stabilise(self._previous or None, candidate, table, self.alpha)
+        # Every round start carries the device part's weights and every round end brings them
+        # back, and the cost table prices that (sync_weights). A new cut therefore moves no byte
+        # beyond what its own row already charges: charging the blocks' transfer again would
+        # hold a device on a cut the plan knows is worse. Only the noise margin remains.
+        return stabilise(self._previous or None, candidate, table, self.alpha, move_s_per_byte=0.0)
 
     def _profile(self, device_id: str, readings: DeviceReadings) -> tuple[DeviceProfile, str]:
         compute = readings.compute

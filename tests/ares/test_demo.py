@@ -11,7 +11,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from ares.demo import DemoOptions, RoundProgress
+from ares.demo import DemoOptions, RoundProgress, scenario_devices
 from schemas import EdgeStatus
 from testbed.scenario import load_scenario
 
@@ -94,6 +94,14 @@ def status(done: int, state: str = "training", accuracy: float | None = 0.5) -> 
         session="s1", state=state, round=max(done, 1), rounds=3, rounds_done=done,
         devices={"a": "idle", "b": "offline"}, accuracy=accuracy, loss=1.0,
     )  # fmt: skip
+
+
+def test_emulated_devices_declare_the_link_they_start_on():
+    # bandwidth-drop runs at time scale 2: the Pi's 40 Mbit/s carry 80 on the run's clock.
+    launches = {d.device_id: d.flags for d in scenario_devices(load_scenario("bandwidth-drop"), {})}
+    pi = launches["pi-b"]
+    assert pi[pi.index("--uplink-mbps") + 1] == "80.0"
+    assert pi[pi.index("--downlink-mbps") + 1] == "80.0"
 
 
 def test_progress_without_a_bar_prints_one_line_per_round(capsys):

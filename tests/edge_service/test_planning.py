@@ -96,6 +96,21 @@ def test_static_plans_once_until_the_devices_change():
     assert replanned.splits["a"] == BLOCKS
 
 
+def test_a_change_of_cut_is_not_charged_for_weights_that_travel_every_round_anyway():
+    ares = planner("ares", alpha=0.5)
+    ares.plan({"a": readings(uplink_bps=1e9), "b": readings(uplink_bps=1e9)})
+    # Block 4's 2 MB now cross a 10 Mbit/s link every round: they would anyway, at any cut
+    # past it, and the cost table prices that; the move adds nothing, so only the noise
+    # margin stands between the device and the candidate's cut.
+    moved = ares.plan({"a": readings(uplink_bps=1e7), "b": readings(uplink_bps=1e9)})
+    fresh = planner("ares", alpha=0.5).plan(
+        {"a": readings(uplink_bps=1e7), "b": readings(uplink_bps=1e9)}
+    )
+    assert moved.splits == fresh.splits
+    assert moved.splits["a"] == 4
+    assert "move cost 0 " in moved.devices["a"].reason
+
+
 def test_missing_readings_fall_back_and_say_so():
     plan = planner().plan({"quiet": DeviceReadings(samples=100)})
     assert (
