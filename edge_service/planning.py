@@ -191,10 +191,6 @@ class SplitPlanner:
         uplink = readings.uplink_bps or self.defaults.link_bps
         downlink = readings.downlink_bps or uplink
         sources.append(f"link {readings.link_source}" if readings.uplink_bps else "link assumed")
-        # The model profile counts float32 bytes; transfers only ever appear as bytes / rate, so
-        # a narrower wire dtype is exactly a proportionally faster link.
-        wire_gain = 4 / readings.wire_itemsize
-        uplink, downlink = uplink * wire_gain, downlink * wire_gain
         profile = DeviceProfile(
             device_id=device_id,
             forward_s=forward,
@@ -208,5 +204,7 @@ class SplitPlanner:
             memory_bytes=readings.memory_bytes,
             allowed_cuts=frozenset(readings.allowed_cuts) if readings.allowed_cuts else None,
             battery_fraction=None if readings.battery_pct is None else readings.battery_pct / 100,
+            # The model profile counts float32 activations; the weights stay float32 on any wire.
+            wire_scale=readings.wire_itemsize / 4,
         )
         return profile, ", ".join(sources)

@@ -9,7 +9,8 @@ For device phi at cut s (device runs blocks [0, s), edge server runs [s, L)):
     D_s  = sum over blocks [0, s) of the device's forward + backward seconds per batch
     C_s  = sum over blocks [s, L) of the server's forward + backward seconds per batch
     V_s  = (activation bytes at cut s + label bytes) * 8 bits, V'_s = gradient bytes at cut s * 8;
-           both are 0 at s == L (federated learning: nothing crosses the link, and C_L = 0)
+           both are 0 at s == L (federated learning: nothing crosses the link, and C_L = 0);
+           activation and gradient bytes scaled by the device's ``wire_scale`` (0.5: float16)
     B, B' = uplink and downlink throughput in bit/s;  Theta = per-batch overhead (paid at every cut)
     W/xi = batches per round = ceil(W / batch_size)
 
@@ -208,10 +209,11 @@ def cost_table(
     server_block = np.asarray(server.forward_s) + np.asarray(server.backward_s)
     # C_s: what is left for the server after cut s; the reversed cumsum avoids subtracting sums.
     server_after = np.concatenate([np.cumsum(server_block[::-1])[::-1][1:], [0.0]])
-    up_bits = 8.0 * (np.asarray(model.activation_bytes, dtype=np.float64) + model.label_bytes)
-    down_bits = 8.0 * np.asarray(model.down_bytes, dtype=np.float64)
-    up_bits[-1] = 0.0  # cut L: federated learning, nothing crosses the link
-    down_bits[-1] = 0.0
+    activation_bits = 8.0 * np.asarray(model.activation_bytes, dtype=np.float64)
+    gradient_bits = 8.0 * np.asarray(model.down_bytes, dtype=np.float64)
+    # Cut L: federated learning, nothing crosses the link.
+    batch_traffic = np.ones(L)
+    batch_traffic[-1] = 0.0
     memory_need = np.asarray(memory_needed_bytes(model), dtype=np.float64)
     sync_bits = 8.0 * np.cumsum(np.asarray(model.param_bytes, dtype=np.float64))
     cuts = np.arange(1, L + 1)
@@ -228,6 +230,8 @@ def cost_table(
                 device.device_id, f"allowed_cuts {sorted(device.allowed_cuts)} exceed L = {L}"
             )
         device_before = np.cumsum(np.asarray(device.forward_s) + np.asarray(device.backward_s))
+        up_bits = (activation_bits * device.wire_scale + 8.0 * model.label_bytes) * batch_traffic
+        down_bits = gradient_bits * device.wire_scale * batch_traffic
         up_s = up_bits / device.uplink_bps
         down_s = down_bits / device.downlink_bps
         batches = batches_per_round(device.samples, model.batch_size)

@@ -58,6 +58,8 @@ class DeviceProfile:
     ``samples``: training samples on the device per round (W).
     ``uplink_bps`` / ``downlink_bps``: link throughput B and B' in bits per second.
     ``overhead_s``: other per-batch overhead Theta in seconds.
+    ``wire_scale``: bytes of activations and gradients on this device's wire per byte of the
+    model profile's (float32) counts: 0.5 for float16. Labels and weights travel unchanged.
     """
 
     device_id: str
@@ -73,6 +75,7 @@ class DeviceProfile:
     allowed_cuts: frozenset[int] | None = None
     battery_fraction: float | None = None
     overhead_s: float = 0.0
+    wire_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.device_id, str) or not self.device_id:
@@ -90,7 +93,7 @@ class DeviceProfile:
         object.__setattr__(self, "backward_s", backward)
         for name in ("power_compute_w", "power_tx_w", "power_rx_w", "overhead_s"):
             _check_scalar(name, getattr(self, name), positive=False)
-        for name in ("uplink_bps", "downlink_bps"):
+        for name in ("uplink_bps", "downlink_bps", "wire_scale"):
             _check_scalar(name, getattr(self, name), positive=True)
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise PlanningError("samples", f"must be a positive integer, got {self.samples!r}")

@@ -133,14 +133,18 @@ def test_no_devices_is_an_error():
         planner().plan({})
 
 
-def test_float16_on_the_wire_halves_the_predicted_transfer_cost():
-    sl = planner("sl")
+def test_float16_on_the_wire_halves_activations_and_gradients_but_not_the_weights():
+    sl = planner("sl")  # cut 2 for device a
     f32 = sl.plan({"a": readings(uplink_bps=1e6)}).devices["a"]
     f16 = sl.plan({"a": readings(uplink_bps=1e6, wire_itemsize=2)}).devices["a"]
     compute_only = planner("sl").plan({"a": readings(uplink_bps=1e15)}).devices["a"]
     transfer32 = f32.predicted_time_s - compute_only.predicted_time_s
     transfer16 = f16.predicted_time_s - compute_only.predicted_time_s
-    assert transfer16 == pytest.approx(transfer32 / 2, rel=1e-6)
+    # 20 batches of 2 MB of activations up and 2 MB of gradients down at 1 Mbit/s, halved...
+    assert transfer32 - transfer16 == pytest.approx(20 * 8 * (2e6 + 2e6) / 2 / 1e6)
+    # ...while the part's weights (21 kB each way) and the labels cost what they did.
+    weights_and_labels = 2 * 8 * 21_000 / 1e6 + 20 * 8 * 8 * 32 / 1e6
+    assert transfer16 - transfer32 / 2 == pytest.approx(weights_and_labels / 2, abs=1e-6)
 
 
 def test_a_device_only_gets_cuts_it_allows():

@@ -83,6 +83,17 @@ def test_labels_and_separate_gradient_bytes() -> None:
     assert table.time_s[0, 1] == pytest.approx(31.5)  # labels never travel at cut L
 
 
+def test_a_narrow_wire_scales_activations_and_gradients_only() -> None:
+    model = _model(label_bytes=500, param_bytes=(500, 1500), sync_weights=True)
+    table = cost_table([_device(wire_scale=0.5)], SERVER, model)
+    # Cut 1: up (1000 * 0.5 + 500 labels) * 8 / 8000 = 1.0 s and down 1000 * 0.5 * 8 / 16000 =
+    # 0.25 s per batch; the weights, once a round, 0.5 s up and 0.25 s down as on any wire.
+    assert table.time_s[0, 0] == pytest.approx(3 * (4 + 0.6 + 1.0 + 0.25 + 0.5) + 0.75)
+    assert table.energy_j[0, 0] == pytest.approx(3 * (2 * 4 + 3 * 1.0 + 4 * 0.25) + 2.5)
+    with pytest.raises(PlanningError, match="wire_scale"):
+        _device(wire_scale=0.0)
+
+
 def test_memory_constraint() -> None:
     model = _model()
     # param_memory_factor 3: cut 1 needs 3 * 5 + 100, cut 2 needs 3 * 12 + 300 bytes.
