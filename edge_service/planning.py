@@ -159,11 +159,14 @@ class SplitPlanner:
                 self._static = dict(solve(table, self.alpha).cuts)
             return plan_for_cuts(table, self.alpha, self._static, reason="planned once (static)")
         candidate = solve(table, self.alpha)
-        # Every round start carries the device part's weights and every round end brings them
-        # back, and the cost table prices that (sync_weights). A new cut therefore moves no byte
-        # beyond what its own row already charges: charging the blocks' transfer again would
-        # hold a device on a cut the plan knows is worse. Only the noise margin remains.
-        return stabilise(self._previous or None, candidate, table, self.alpha, move_s_per_byte=0.0)
+        # With sync_weights every round start carries the device part's weights and every round
+        # end brings them back, and each cut's row prices that. A new cut then moves no byte its
+        # own row leaves out: charging the blocks' transfer again would hold a device on a cut
+        # the plan knows is worse. Only the noise margin remains.
+        move_s_per_byte = 0.0 if self.model.sync_weights else None
+        return stabilise(
+            self._previous or None, candidate, table, self.alpha, move_s_per_byte=move_s_per_byte
+        )
 
     def _profile(self, device_id: str, readings: DeviceReadings) -> tuple[DeviceProfile, str]:
         compute = readings.compute
