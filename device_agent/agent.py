@@ -24,6 +24,7 @@ import torch
 
 from broker.link import LastWill, LinkError, Message, MqttLink
 from broker.tasks import BackgroundTasks, cancel_and_wait
+from device_agent.drift import DeviceTimings
 from device_agent.emulation import Emulation
 from device_agent.link_estimate import LinkEstimate
 from device_agent.sensors import read_battery, read_board_power
@@ -84,6 +85,7 @@ class RoundTally:
     """What one round cost this device."""
 
     busy_s: float = 0.0  # compute
+    host_s: float = 0.0  # of which the host computed (the rest: an emulated board's padding)
     uplink_s: float = 0.0
     downlink_s: float = 0.0
     loss_sum: float = 0.0  # summed over samples
@@ -136,7 +138,8 @@ class DeviceAgent:
         self._pending: dict[tuple[int, int], asyncio.Future[Frame]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.device_id}-compute")
         self._background = BackgroundTasks()
-        self._timings: ComputeProfile | None = None  # our measured block timings
+        self._profiled: DeviceTimings | None = None  # our block timings, measured when idle
+        self._timings: ComputeProfile | None = None  # as we run them now: what the edge plans with
         self.link = LinkEstimate.new()
         self.emulation = Emulation(settings)
         self._speed_ratio: float | None = None
@@ -292,10 +295,7 @@ class DeviceAgent:
             self.rounds_done += 1
             log.info("%s: round %d done: %d samples, busy %.2f s", self.device_id, round_no,
                      tally.samples, tally.busy_s)  # fmt: skip
-            if self._measure_speed(start, tally.busy_s):
-                self._background.spawn(
-                    self._report_profile(start.model, train.batch_size, remeasure=True)
-                )
+            self._follow_drift(start, tally)
             await self._publish_status("idle", round_no)
             with contextlib.suppress(LinkError):  # the periodic telemetry will follow
                 await self._publish_telemetry(round_no, tally)
@@ -399,6 +399,7 @@ class DeviceAgent:
         began = time.perf_counter()
         result = await self._compute(fn, *args)
         host_s = time.perf_counter() - began
+        tally.host_s += host_s
         target = self.emulation.target_s(pace.phases, pace.blocks, pace.batch, pace.model, host_s)
         tally.behind_s += await self.emulation.pace(began, target)
         tally.busy_s += time.perf_counter() - began
@@ -413,28 +414,30 @@ class DeviceAgent:
             raise RoundFailed("the edge sent a non-finite gradient")
         return grad
 
-    async def _report_profile(
-        self, model: ModelInfo, batch_size: int, *, remeasure: bool = False
-    ) -> None:
+    async def _report_profile(self, model: ModelInfo, batch_size: int) -> None:
         """Measure every block's forward and backward time here, and tell the edge."""
-        known = self._timings
-        if (
-            remeasure
-            or known is None
-            or (known.model, known.batch_size) != (model.name, batch_size)
-        ):
+        known = self._profiled
+        if known is None or (known.host.model, known.host.batch_size) != (model.name, batch_size):
             spec = ModelSpec(model.name, model.in_channels, model.image_size, model.num_classes)
             measured = await self._compute(profile_blocks, spec, batch_size)
             await self._compute(self.emulation.prepare, model.name)
-            forward, backward = self.emulation.block_times(
-                measured.forward_s, measured.backward_s, batch_size, model.name
-            )
-            self._timings = ComputeProfile(
-                model=model.name, batch_size=batch_size, forward_s=forward, backward_s=backward
-            )
+            host = ComputeProfile(
+                model=model.name, batch_size=batch_size,
+                forward_s=measured.forward_s, backward_s=measured.backward_s,
+            )  # fmt: skip
+            floor = None
+            if self.emulation.emulates_compute:
+                forward, backward = self.emulation.block_times(
+                    measured.forward_s, measured.backward_s, batch_size, model.name
+                )
+                floor = host.model_copy(update={"forward_s": forward, "backward_s": backward})
+            self._profiled = DeviceTimings(host, floor)
+            self._timings = self._profiled.at(1.0)
+            self._speed_ratio = None
             log.info("%s: profiled %s (%s): %.4f s forward, %.4f s backward per batch of %d",
-                     self.device_id, model.name, self.settings.profile, sum(forward),
-                     sum(backward), batch_size)  # fmt: skip
+                     self.device_id, model.name, self.settings.profile,
+                     sum(self._timings.forward_s), sum(self._timings.backward_s),
+                     batch_size)  # fmt: skip
         await self._publish_telemetry()
 
     async def _publish_telemetry(
@@ -470,20 +473,21 @@ class DeviceAgent:
                 with contextlib.suppress(LinkError):
                     await self._publish_telemetry()
 
-    def _measure_speed(self, start: RoundStart, busy_s: float) -> bool:
-        """Compare this round's compute time with the profile's; True if it drifted far."""
-        profile = self._timings
-        if profile is None or profile.model != start.model.name:
-            return False
-        per_block = [f + b for f, b in zip(profile.forward_s, profile.backward_s, strict=True)]
-        scale = start.train.batch_size / profile.batch_size
-        predicted = cumulative(per_block)[start.split - 1] * scale * start.train.batches
-        if predicted <= 0:
-            return False
-        self._speed_ratio = busy_s / predicted
-        # Small absolute differences are overheads (encoding, scheduling), not a new speed.
-        far = not 0.5 <= self._speed_ratio <= 2.0
-        return far and abs(busy_s - predicted) > 0.5
+    def _follow_drift(self, start: RoundStart, tally: RoundTally) -> None:
+        """After a round: how it compared with the timings the edge planned it with, and the
+        timings to plan the next one with, from how fast the host really ran (drift.py)."""
+        profiled, planned = self._profiled, self._timings
+        if profiled is None or planned is None or profiled.host.model != start.model.name:
+            return
+        batch, cut = start.train.batch_size, start.split
+        per_block = [f + b for f, b in zip(planned.forward_s, planned.backward_s, strict=True)]
+        predicted = cumulative(per_block)[cut - 1] * batch / planned.batch_size * tally.batches
+        self._speed_ratio = tally.busy_s / predicted if predicted > 0 else None
+        factor = profiled.host_factor(cut, batch, tally.batches, tally.host_s)
+        if factor is not None:
+            self._timings = profiled.at(factor)
+            log.info("%s: host ran at %.2fx its profiled time in round %d (%.2fx the plan's)",
+                     self.device_id, factor, start.round, self._speed_ratio or 0.0)  # fmt: skip
 
     async def _compute(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(

@@ -48,8 +48,6 @@ class DeviceReadings:
     uplink_bps: float | None = None
     downlink_bps: float | None = None
     link_source: str = "declared"  # measured, measured (stale) or declared
-    # Measured compute time over the device's profile in its last round (a straggler > 1).
-    speed_ratio: float | None = None
     wire_itemsize: int = 4  # bytes per activation element on this device's wire
     allowed_cuts: tuple[int, ...] | None = None
 
@@ -177,15 +175,12 @@ class SplitPlanner:
             and len(compute.forward_s) == self.blocks
             and len(compute.backward_s) == self.blocks
         ):
-            # Block times grow about linearly with the batch: rescale to the planned batch; a
-            # device that ran slower than profiled last round is planned at its real speed.
-            slowdown = readings.speed_ratio or 1.0
-            scale = self.server.batch_size / compute.batch_size * slowdown
+            # Block times grow about linearly with the batch: rescale to the planned batch. A
+            # device's timings already follow how fast it ran its last round (device_agent.drift).
+            scale = self.server.batch_size / compute.batch_size
             forward = tuple(t * scale for t in compute.forward_s)
             backward = tuple(t * scale for t in compute.backward_s)
-            sources.append(
-                "compute measured" if slowdown == 1.0 else f"compute measured x{slowdown:.2f}"
-            )
+            sources.append("compute measured")
         else:
             forward, backward = self.server.forward_s, self.server.backward_s
             sources.append("compute assumed (edge speed)")

@@ -124,7 +124,6 @@ class DeviceRecord:
             uplink_bps=uplink,
             downlink_bps=downlink,
             link_source=source,
-            speed_ratio=live.speed_ratio if live else None,
             wire_itemsize=wire_itemsize,
             allowed_cuts=self.hello.allowed_cuts,
         )

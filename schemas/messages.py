@@ -57,7 +57,8 @@ class PowerFigures(WireModel):
 
 
 class ComputeProfile(WireModel):
-    """Seconds per batch of every block of ``model``, measured on the device itself."""
+    """Seconds per batch of every block of ``model``, measured on the device itself (and
+    following the speed it measures in its rounds: device_agent.drift)."""
 
     model: str
     batch_size: Annotated[int, Field(ge=1)]
@@ -105,7 +106,8 @@ class Telemetry(WireModel):
     batches: Count = 0
     busy_s: Seconds = 0.0
     mean_batch_s: Seconds | None = None
-    # Measured compute time over what the device's profile predicts (1.0: as profiled).
+    # Last round's compute time over what ``compute`` predicted for it (1.0: as planned);
+    # ``compute`` itself then follows the measured speed (device_agent.drift).
     speed_ratio: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     uplink_bps: BitRate | None = None  # smoothed estimates from the device's own transfers
     downlink_bps: BitRate | None = None

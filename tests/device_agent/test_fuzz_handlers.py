@@ -106,7 +106,7 @@ def device() -> Iterator[Agent]:
     agent._link = link  # type: ignore[assignment]
     profiles: list[tuple[str, int]] = []
 
-    async def no_profiling(model: ModelInfo, batch_size: int, *, remeasure: bool = False):
+    async def no_profiling(model: ModelInfo, batch_size: int):
         # A welcome makes the agent profile the model it names: seconds of compute per welcome
         # (and memory without bound for an absurd model). Recorded here instead.
         profiles.append((model.name, batch_size))
