@@ -251,6 +251,16 @@ def test_a_win_by_less_than_one_percent_is_called_a_tie():
     assert findings[1] == "Within 1% of it, so a tie on a shared machine: fl (1.000)."
 
 
+def test_a_loss_by_less_than_one_percent_is_a_tie_not_the_best():
+    runs = three_policies()
+    del runs["sl-best"]
+    for entry in runs["ares"]["rounds"]:
+        entry["duration_s"] = 75.5  # 0.5 * 151/100 + 0.5 * 30/60 = 1.005 against fl's 1.0
+    findings = summarise(runs, alpha=0.5)["findings"]
+    assert findings[0] == "ARES ties for the best measured objective (1.005 at alpha 0.5)."
+    assert findings[1] == "Within 1% of it, so a tie on a shared machine: fl (1.000)."
+
+
 def test_an_explicit_target_is_used_as_given():
     summary = summarise(three_policies(), alpha=0.5, target_accuracy=0.85)
     assert summary["target_rule"] == "--target-accuracy"
