@@ -8,9 +8,14 @@ fl and sl, and writes it to OUT/sweep.md.
     python benchmarks/bench_sweep.py --out runs/sweep                     # the paper's testbed
     python benchmarks/bench_sweep.py --rates 5,100 --dtypes float16 --rounds 2 --out /tmp/s
     python benchmarks/bench_sweep.py --out runs/sweep --table-only        # re-tabulate a sweep
+    python benchmarks/bench_sweep.py --out runs/sweep --rates 100 --dtypes float16 \
+        --repeats 3 --only-missing                  # two more runs of a point already run once
 
 Next to each measured saving the table shows the cost model's prediction for the same runs (the
-plans' predicted round times and energies), so a gap between model and machine stands out.
+plans' predicted round times and energies), so a gap between model and machine stands out. A
+point run more than once (``--repeats``; runs 2 and on in OUT/<point>-r<k>/) shows the median of
+its runs and each objective's range: on a shared machine two runs of the same plan differ by a
+few percent, and one run cannot tell that from a better plan.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import yaml
 
+from ares.bench_report import TIE
 from testbed.scenario import load_scenario
 
 
@@ -35,40 +42,63 @@ def main() -> int:
     parser.add_argument("--dtypes", default="float32,float16")
     parser.add_argument("--policies", default="ares,fl,sl-best")
     parser.add_argument("--rounds", type=int, help="rounds per policy (default: the scenario's)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every point (median)")
+    parser.add_argument(
+        "--only-missing", action="store_true", help="skip runs whose results OUT already holds"
+    )
     parser.add_argument(
         "--table-only", action="store_true", help="only rebuild the table from OUT's results"
     )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     rates = [float(r) for r in args.rates.split(",")]
     dtypes = args.dtypes.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for dtype in dtypes:
         for rate in rates:
-            point = args.out / f"{rate:g}mbit-{dtype}"
-            results = point / "results.json"
-            if args.table_only:
+            runs = []
+            for point in _repeats(args.out, rate, dtype, args.repeats, args.table_only):
+                results = point / "results.json"
+                if not (args.table_only or (args.only_missing and results.exists())):
+                    _run_point(args, point, rate, dtype)
                 if results.exists():
-                    rows.append(_row(rate, dtype, json.loads(results.read_text())))
-                continue
-            scenario_file = args.out / f"{point.name}.yaml"
-            scenario_file.write_text(yaml.safe_dump(_variant(args.scenario, rate, dtype)))
-            command = [
-                sys.executable, "-m", "ares", "bench", "--scenario", str(scenario_file),
-                "--out", str(point), "--policies", args.policies, "--no-progress",
-            ]  # fmt: skip
-            if args.rounds:
-                command += ["--rounds", str(args.rounds)]
-            print(f"== {rate:g} Mbit/s, {dtype}: {' '.join(command)}", flush=True)
-            code = subprocess.run(command, check=False).returncode
-            if code != 0 or not results.exists():
-                print(f"   failed (exit {code}); see {point}", flush=True)
-                continue
-            rows.append(_row(rate, dtype, json.loads(results.read_text())))
+                    runs.append(_row(rate, dtype, json.loads(results.read_text())))
+            if runs:
+                rows.append(_merge(runs))
     table = _table(rows)
     (args.out / "sweep.md").write_text(table)
     print(table)
     return 0
+
+
+def _repeats(out: Path, rate: float, dtype: str, repeats: int, found: bool) -> list[Path]:
+    """The point's run directories: the first, then -r2, -r3, ... (``found``: all that exist)."""
+    first = out / f"{rate:g}mbit-{dtype}"
+    if found:
+        more = {
+            int(k): path
+            for path in out.glob(f"{first.name}-r*")
+            if path.is_dir() and (k := path.name.removeprefix(f"{first.name}-r")).isdigit()
+        }
+        return [first, *(more[k] for k in sorted(more))]
+    return [first, *(out / f"{first.name}-r{k}" for k in range(2, repeats + 1))]
+
+
+def _run_point(args: argparse.Namespace, point: Path, rate: float, dtype: str) -> None:
+    scenario_file = args.out / f"{point.name}.yaml"
+    scenario_file.write_text(yaml.safe_dump(_variant(args.scenario, rate, dtype)))
+    command = [
+        sys.executable, "-m", "ares", "bench", "--scenario", str(scenario_file),
+        "--out", str(point), "--policies", args.policies, "--no-progress",
+    ]  # fmt: skip
+    if args.rounds:
+        command += ["--rounds", str(args.rounds)]
+    print(f"== {rate:g} Mbit/s, {dtype}: {' '.join(command)}", flush=True)
+    code = subprocess.run(command, check=False).returncode
+    if code != 0 or not (point / "results.json").exists():
+        print(f"   failed (exit {code}); see {point}", flush=True)
 
 
 def _variant(name: str, rate_mbps: float, dtype: str) -> dict[str, Any]:
@@ -88,15 +118,47 @@ def _row(rate: float, dtype: str, results: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "rate": rate,
         "dtype": dtype,
-        "best": summary.get("best_objective"),
+        "runs": 1,
         "ares_splits": _cuts(results["policies"].get("ares", {})),
         "objective": {name: p.get("objective") for name, p in policies.items()},
+        "objective_range": {},
         "accuracy": {name: p.get("final_accuracy") for name, p in policies.items()},
     }
     for other, ratios in summary.get("ares_vs", {}).items():
         row[other] = dict(ratios)
         row[other].update(_changes_from_rounds(results["policies"], "ares", other))
     return row
+
+
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for a point's runs: the median of every number, each objective's range."""
+    if len(runs) == 1:
+        return runs[0]
+    merged: dict[str, Any] = {
+        "rate": runs[0]["rate"],
+        "dtype": runs[0]["dtype"],
+        "runs": len(runs),
+        "ares_splits": " / ".join(dict.fromkeys(r["ares_splits"] for r in runs)),
+    }
+    for key in ("objective", "accuracy", "fl", "sl-best"):
+        names = dict.fromkeys(name for r in runs for name in r.get(key, {}))
+        values = {n: [v for r in runs if (v := r.get(key, {}).get(n)) is not None] for n in names}
+        merged[key] = {n: median(vs) if vs else None for n, vs in values.items()}
+        if key == "objective":
+            merged["objective_range"] = {n: (min(vs), max(vs)) for n, vs in values.items() if vs}
+    return merged
+
+
+def _best(objective: dict[str, float | None]) -> str:
+    """The policy with the lowest objective, and whether ARES ties it (within 1%)."""
+    scored = {n: o for n, o in objective.items() if o is not None}
+    if not scored:
+        return "—"
+    best = min(scored, key=lambda n: scored[n])
+    ares = scored.get("ares")
+    if best != "ares" and ares is not None and ares <= scored[best] * (1 + TIE):
+        return f"{best} (ares within 1%)"
+    return best
 
 
 def _cuts(report: dict[str, Any]) -> str:
@@ -134,6 +196,14 @@ def _changes_from_rounds(reports: dict[str, Any], name: str, other: str) -> dict
     }
 
 
+def _objective(row: dict[str, Any], policy: str) -> str:
+    value = row["objective"].get(policy)
+    if value is None:
+        return "—"
+    low, high = row["objective_range"].get(policy, (value, value))
+    return f"{value:.3f}" if low == high else f"{value:.3f} ({low:.3f}–{high:.3f})"
+
+
 def _pct(change: float | None) -> str:
     # Relative changes (ARES - other) / other, shown as ARES's saving.
     return "—" if change is None else f"{round(-100 * change):+d}%"  # an int: never "-0%"
@@ -151,15 +221,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
     ]
     for row in rows:
         fl, sl = row.get("fl", {}), row.get("sl-best", {})
-        objective = " / ".join(
-            "—" if row["objective"].get(p) is None else f"{row['objective'][p]:.3f}"
-            for p in ("ares", "fl", "sl-best")
-        )
+        objective = " / ".join(_objective(row, p) for p in ("ares", "fl", "sl-best"))
+        runs = f" ({row['runs']} runs)" if row["runs"] > 1 else ""
         lines.append(
-            f"| {row['rate']:g} Mbit/s | {row['dtype']} | {row['ares_splits']} | "
+            f"| {row['rate']:g} Mbit/s{runs} | {row['dtype']} | {row['ares_splits']} | "
             f"{_saving(fl, 'time')} | {_pct(fl.get('device_time'))} | "
             f"{_saving(fl, 'energy')} | {_saving(sl, 'time')} | "
-            f"{_saving(sl, 'energy')} | {objective} | {row['best']} |"
+            f"{_saving(sl, 'energy')} | {objective} | {_best(row['objective'])} |"
         )
     lines.append("")
     lines.append(
@@ -167,7 +235,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
         "and in brackets the cost model's prediction for the same runs. Time: the rounds at "
         "the edge; device time: the slowest device's rounds (start sent to part received), "
         "without the edge's per-round aggregation and evaluation, which the cost model leaves "
-        "out. ARES cuts: its last round's cut per device, devices in alphabetical order."
+        "out. ARES cuts: its last round's cut per device, devices in alphabetical order. "
+        "A point run several times shows medians, each objective's range in brackets. Best: "
+        'the lowest objective; "ares within 1%" marks a tie on a shared machine.'
     )
     return "\n".join(lines) + "\n"
 

@@ -25,7 +25,7 @@ def run_report(splits: dict[str, int], time_s: float, energy_j: float) -> dict[s
     return {"rounds": [{"round": n, "devices": devices} for n in (1, 2)]}
 
 
-def write_point(out: Path, name: str) -> None:
+def write_point(out: Path, name: str, ares_objective: float = 0.55) -> None:
     results = {
         "policies": {
             "ares": run_report({"pi": 2, "nano": 4}, time_s=5.0, energy_j=30.0),
@@ -35,7 +35,7 @@ def write_point(out: Path, name: str) -> None:
         "summary": {
             "best_objective": "ares",
             "policies": {
-                "ares": {"objective": 0.55, "final_accuracy": 0.9},
+                "ares": {"objective": ares_objective, "final_accuracy": 0.9},
                 "fl": {"objective": 1.0, "final_accuracy": 0.9},
                 "sl-best": {"objective": 0.6, "final_accuracy": 0.9},
             },
@@ -66,3 +66,22 @@ def test_table_only_rebuilds_the_table_with_predictions_beside_measurements(tmp_
     # Measured saving, then the plans' prediction: time 5 s against 10 s, energy 30 J against 60.
     assert cells[3:8] == ["+40% (+50%)", "+50%", "+45% (+50%)", "-1% (+0%)", "+20% (+25%)"]
     assert cells[8:] == ["0.550 / 1.000 / 0.600", "ares"]
+
+
+def test_a_point_run_several_times_shows_medians_and_ranges(tmp_path):
+    write_point(tmp_path, "100mbit-float16")
+    write_point(tmp_path, "100mbit-float16-r2", ares_objective=0.62)
+    write_point(tmp_path, "100mbit-float16-r3", ares_objective=0.605)
+    (tmp_path / "100mbit-float16-r4.yaml").write_text("")  # a scenario file, not a run
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--out", str(tmp_path), "--rates", "100",
+         "--dtypes", "float16", "--table-only"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| 100 Mbit/s"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "100 Mbit/s (3 runs)"
+    # ARES: 0.55, 0.62, 0.605 -> median 0.605, worse than sl-best's 0.600 but within 1%.
+    assert cells[8] == "0.605 (0.550–0.620) / 1.000 / 0.600"
+    assert cells[9] == "sl-best (ares within 1%)"
