@@ -138,7 +138,7 @@ class DeviceAgent:
         self._pending: dict[tuple[int, int], asyncio.Future[Frame]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.device_id}-compute")
         self._background = BackgroundTasks()
-        self._profiled: DeviceTimings | None = None  # our block timings, measured when idle
+        self._profiled: DeviceTimings | None = None  # our block timings, profiled at registration
         self._timings: ComputeProfile | None = None  # as we run them now: what the edge plans with
         self.link = LinkEstimate.new()
         self.emulation = Emulation(settings)

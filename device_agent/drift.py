@@ -1,9 +1,10 @@
 """A device's block times as it runs them now, from its profile and its last round.
 
-The profile is measured once, on an idle host. In a round the host may run slower (other work,
-heat, a shared CPU): the round measures how much, as one factor on the host's own compute time,
-and every block's time is re-derived from it. An emulated device is padded to its board's times
-(a floor) and only falls behind them where the slowed host exceeds them, so its drift is uneven:
+The profile is measured once, when the device registers. In a round the host may run slower or
+faster (other work, heat, a shared CPU): the round measures how much, as one factor on the host's
+own compute time, and every block's time is re-derived from it. An emulated device is padded to
+its board's times (a floor) and only falls behind them where the slowed host exceeds them, so its
+drift is uneven:
 a cut whose blocks the host runs well within the board's time costs no more than profiled, a cut
 where the host lags costs the lag. One ratio of measured to profiled time for the whole round
 cannot say which, and planning every cut with it misprices every cut but the one measured.
