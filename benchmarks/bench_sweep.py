@@ -87,6 +87,7 @@ def _repeats(out: Path, rate: float, dtype: str, repeats: int, found: bool) -> l
 
 
 def _run_point(args: argparse.Namespace, point: Path, rate: float, dtype: str) -> None:
+    (point / "results.json").unlink(missing_ok=True)  # a failed run must not leave an old one
     scenario_file = args.out / f"{point.name}.yaml"
     scenario_file.write_text(yaml.safe_dump(_variant(args.scenario, rate, dtype)))
     command = [

@@ -49,14 +49,20 @@ def write_point(out: Path, name: str, ares_objective: float = 0.55) -> None:
     (out / name / "results.json").write_text(json.dumps(results))
 
 
-def test_table_only_rebuilds_the_table_with_predictions_beside_measurements(tmp_path):
-    write_point(tmp_path, "20mbit-float32")  # 50 Mbit/s was never run: no row, no failure
+def rebuild_table(out: Path, rates: str, dtypes: str) -> str:
+    """Run the sweep with --table-only on ``out``; its standard output."""
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--out", str(tmp_path), "--rates", "20,50",
-         "--dtypes", "float32", "--table-only"],
+        [sys.executable, str(BENCH), "--out", str(out), "--rates", rates,
+         "--dtypes", dtypes, "--table-only"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_table_only_rebuilds_the_table_with_predictions_beside_measurements(tmp_path):
+    write_point(tmp_path, "20mbit-float32")  # 50 Mbit/s was never run: no row, no failure
+    rebuild_table(tmp_path, "20,50", "float32")
     table = (tmp_path / "sweep.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| 20 Mbit/s")]
     assert len(rows) == 1
@@ -73,13 +79,8 @@ def test_a_point_run_several_times_shows_medians_and_ranges(tmp_path):
     write_point(tmp_path, "100mbit-float16-r2", ares_objective=0.62)
     write_point(tmp_path, "100mbit-float16-r3", ares_objective=0.605)
     (tmp_path / "100mbit-float16-r4.yaml").write_text("")  # a scenario file, not a run
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--out", str(tmp_path), "--rates", "100",
-         "--dtypes", "float16", "--table-only"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    row = next(line for line in done.stdout.splitlines() if line.startswith("| 100 Mbit/s"))
+    table = rebuild_table(tmp_path, "100", "float16")
+    row = next(line for line in table.splitlines() if line.startswith("| 100 Mbit/s"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "100 Mbit/s (3 runs)"
     # ARES: 0.55, 0.62, 0.605 -> median 0.605, worse than sl-best's 0.600 but within 1%.
