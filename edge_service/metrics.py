@@ -31,6 +31,7 @@ class DeviceView:
     uplink_bps: float | None
     downlink_bps: float | None
     battery_pct: float | None
+    speed_ratio: float | None = None  # last round's compute time over its plan's (1.0: as planned)
 
 
 @dataclass(frozen=True)
@@ -125,16 +126,22 @@ def _devices(view: EdgeView) -> Iterator[Any]:
     battery = GaugeMetricFamily(
         "ares_device_battery_percent", "Battery level per device", labels=["device"]
     )
+    speed = GaugeMetricFamily(
+        "ares_device_speed_ratio",
+        "Last round's compute time over what the device's timings predicted (1: as planned)",
+        labels=["device"],
+    )
     for device_id, device in sorted(view.devices.items()):
         for family, value in (
             (split, device.split),
             (up, device.uplink_bps),
             (down, device.downlink_bps),
             (battery, device.battery_pct),
+            (speed, device.speed_ratio),
         ):
             if value is not None:
                 family.add_metric([device_id], float(value))
-    yield from (split, up, down, battery)
+    yield from (split, up, down, battery, speed)
 
 
 def _outcomes(report: RunReport) -> Iterator[Any]:

@@ -328,6 +328,7 @@ class EdgeService:
                 uplink_bps=link[0],
                 downlink_bps=link[1],
                 battery_pct=record.telemetry.battery_pct if record.telemetry else None,
+                speed_ratio=record.telemetry.speed_ratio if record.telemetry else None,
             )
         return EdgeView(
             report=self.report,

@@ -50,7 +50,7 @@ def _view() -> EdgeView:
             "duplicate_batches": 2,
         },
         devices={
-            "pi-1": DeviceView("training", 2, 20e6, 40e6, 55.0),
+            "pi-1": DeviceView("training", 2, 20e6, 40e6, 55.0, speed_ratio=1.25),
             "pi-2": DeviceView("offline", None, None, None, None),
         },
         round_no=3,
@@ -81,6 +81,7 @@ def test_collector_families():
         'ares_device_split{device="pi-1"} 2.0',
         'ares_device_uplink_bps{device="pi-1"} 2e+07',
         'ares_device_battery_percent{device="pi-1"} 55.0',
+        'ares_device_speed_ratio{device="pi-1"} 1.25',
         'ares_device_rounds_total{device="pi-1",status="straggler"} 1.0',
         'ares_device_rounds_total{device="pi-2",status="ok"} 2.0',
         'ares_device_energy_joules_total{device="pi-1"} 8.0',
