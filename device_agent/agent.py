@@ -24,7 +24,7 @@ import torch
 
 from broker.link import LastWill, LinkError, Message, MqttLink
 from broker.tasks import BackgroundTasks, cancel_and_wait
-from device_agent.drift import DeviceTimings
+from device_agent.drift import DeviceTimings, compute_time_s
 from device_agent.emulation import Emulation
 from device_agent.link_estimate import LinkEstimate
 from device_agent.sensors import read_battery, read_board_power
@@ -63,7 +63,7 @@ from schemas import (
 from schemas.messages import DeviceState
 from splitnn.data import load_dataset, shard
 from splitnn.models import ModelSpec
-from splitnn.profiling import cumulative, profile_blocks
+from splitnn.profiling import profile_blocks
 from testbed.profiles import Phase
 
 log = logging.getLogger(__name__)
@@ -480,8 +480,7 @@ class DeviceAgent:
         if profiled is None or planned is None or profiled.host.model != start.model.name:
             return
         batch, cut = start.train.batch_size, start.split
-        per_block = [f + b for f, b in zip(planned.forward_s, planned.backward_s, strict=True)]
-        predicted = cumulative(per_block)[cut - 1] * batch / planned.batch_size * tally.batches
+        predicted = compute_time_s(planned, cut, batch, tally.batches)
         self._speed_ratio = tally.busy_s / predicted if predicted > 0 else None
         factor = profiled.host_factor(cut, batch, tally.batches, tally.host_s)
         if factor is not None:

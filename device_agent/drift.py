@@ -38,7 +38,7 @@ class DeviceTimings:
     def host_factor(self, cut: int, batch_size: int, batches: int, host_s: float) -> float | None:
         """How many times its profiled time the host took for ``batches`` batches over blocks
         ``[0, cut)`` that kept it busy ``host_s`` seconds (None: nothing to compare)."""
-        profiled = _prefix(self.host, cut) * batch_size / self.host.batch_size * batches
+        profiled = compute_time_s(self.host, cut, batch_size, batches)
         return host_s / profiled if profiled > 0 and host_s > 0 else None
 
     def at(self, factor: float) -> ComputeProfile:
@@ -62,7 +62,10 @@ def _phase(
     return tuple(b - a for a, b in zip([0.0, *reached], reached, strict=False))
 
 
-def _prefix(profile: ComputeProfile, cut: int) -> float:
+def compute_time_s(profile: ComputeProfile, cut: int, batch_size: int, batches: int) -> float:
+    """What ``profile`` predicts for ``batches`` batches of ``batch_size`` over blocks
+    ``[0, cut)``, forward and backward (block times grow about linearly with the batch)."""
     if not 1 <= cut <= len(profile.forward_s):
         raise ValueError(f"cut {cut} outside 1..{len(profile.forward_s)}")
-    return sum(profile.forward_s[:cut]) + sum(profile.backward_s[:cut])
+    per_batch = sum(profile.forward_s[:cut]) + sum(profile.backward_s[:cut])
+    return per_batch * batch_size / profile.batch_size * batches
