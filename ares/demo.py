@@ -329,7 +329,9 @@ async def _follow(
     """
     schedules = asyncio.create_task(lab.run_schedules()) if lab is not None else None
     try:
-        with RoundProgress(options.rounds, options.label, options.progress) as progress:
+        with RoundProgress(
+            options.rounds, options.label, options.progress, len(options.devices)
+        ) as progress:
             return await _watch(url, processes, options, progress)
     finally:
         if schedules is not None:
@@ -368,12 +370,16 @@ class RoundProgress:
     """Rounds done out of the total, from the edge's status messages.
 
     A tqdm bar on stderr when ``enabled`` is True, or None and stderr is a terminal; otherwise
-    one plain line per finished round on stdout, so logs and pipes stay readable.
+    one plain line per finished round on stdout, so logs and pipes stay readable. ``devices``:
+    how many the run starts, for "1 of 3 devices registered".
     """
 
-    def __init__(self, total: int, label: str = "", enabled: bool | None = None) -> None:
+    def __init__(
+        self, total: int, label: str = "", enabled: bool | None = None, devices: int | None = None
+    ) -> None:
         self.label = label
-        self._seen: tuple[str, int] = ("", -1)
+        self.devices = devices
+        self._seen: tuple[str, int, bool] = ("", -1, False)
         # tqdm's disable=None turns the bar off when its stream is not a terminal.
         self._bar = tqdm(
             total=total,
@@ -398,16 +404,24 @@ class RoundProgress:
         self._bar.close()
 
     def show(self, status: EdgeStatus) -> None:
+        session, done, _ = self._seen
+        if status.session == session and status.rounds_done < done:
+            # Fewer rounds than already seen in this session: the edge's last will, written at
+            # its start-up and delivered by the broker later. It would only misreport the run.
+            return
         online = sum(1 for s in status.devices.values() if s != "offline")
         if self.bar_shown:
+            self._seen = (status.session, status.rounds_done, False)
             self._bar.total = status.rounds
             self._bar.n = status.rounds_done
             accuracy = "" if status.accuracy is None else f"  accuracy {status.accuracy:.4f}"
             self._bar.set_postfix_str(f"{status.state}{accuracy}  {online} devices")
             return
-        if (status.session, status.rounds_done) != self._seen:
-            self._seen = (status.session, status.rounds_done)
-            print(progress_line(status, self.label), flush=True)
+        # A new line per round, and one when the edge is done (also after its last round).
+        seen = (status.session, status.rounds_done, status.state in ENDED)
+        if seen != self._seen:
+            self._seen = seen
+            print(progress_line(status, self.label, self.devices), flush=True)
 
     def tick(self) -> None:
         """Redraw (the elapsed time moves on while a long round runs)."""
@@ -422,17 +436,35 @@ class RoundProgress:
             print(line, flush=True)
 
 
-def progress_line(status: EdgeStatus, label: str = "") -> str:
-    """One plain line for a status: registration, or rounds done with the accuracy."""
+ENDED = ("finished", "stopped")  # the edge's states once it is done
+
+
+def progress_line(status: EdgeStatus, label: str = "", devices: int | None = None) -> str:
+    """One plain line for a status: registration, rounds done with the accuracy, or the end."""
     online = sum(1 for s in status.devices.values() if s != "offline")
     name = f"{label:<8}" if label else "edge    "
+    if status.state in ENDED:
+        return f"  {name} {_ending(status, online)}"
     if not status.rounds_done:
-        return f"  {name} {status.state}: {online} of the devices registered"
+        of = f" of {devices}" if devices is not None else ""
+        return f"  {name} {status.state}: {online}{of} devices registered"
     bar = "#" * status.rounds_done + "." * max(status.rounds - status.rounds_done, 0)
     prefix = f"{label} " if label else ""
     return (
         f"  {prefix}[{bar}] round {status.rounds_done}/{status.rounds}  "
         f"accuracy {status.accuracy or 0:.4f}  loss {status.loss or 0:.4f}  {online} devices"
+    )
+
+
+def _ending(status: EdgeStatus, online: int) -> str:
+    """How the edge ended: before round 1, or after some rounds with that many devices."""
+    if not status.rounds_done:
+        return f"{status.state} before round 1: {online} devices registered"
+    trained = len(status.last_round) or online  # the devices of the last round, where known
+    accuracy = "" if status.accuracy is None else f", accuracy {status.accuracy:.4f}"
+    return (
+        f"{status.state}: {status.rounds_done} of {status.rounds} rounds, "
+        f"{trained} devices trained{accuracy}"
     )
 
 

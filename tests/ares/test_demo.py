@@ -11,7 +11,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from ares.demo import DemoOptions, RoundProgress, scenario_devices
+from ares.demo import DemoOptions, RoundProgress, progress_line, scenario_devices
 from schemas import EdgeStatus
 from testbed.scenario import load_scenario
 
@@ -113,7 +113,7 @@ def test_progress_without_a_bar_prints_one_line_per_round(capsys):
         progress.show(status(2))
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        "  ares     waiting: 1 of the devices registered",
+        "  ares     waiting: 1 devices registered",
         "  ares [#..] round 1/3  accuracy 0.5000  loss 1.0000  1 devices",
         "  ares [##.] round 2/3  accuracy 0.5000  loss 1.0000  1 devices",
     ]
@@ -128,3 +128,24 @@ def test_progress_bar_counts_rounds_on_stderr(capsys):
     assert "2/3" in captured.err
     assert "fl" in captured.err
     assert "warning  b exited early" in captured.out
+
+
+def test_progress_says_how_the_run_ended_and_ignores_the_stale_last_will(capsys):
+    # The edge's last will is its status as built at start-up (no rounds, no devices); the broker
+    # may deliver it after the run, and it must not read as if nothing had happened.
+    will = EdgeStatus(session="s1", state="stopped", round=0, rounds=3, rounds_done=0)
+    finished = status(3, "finished").model_copy(update={"last_round": {"a": "ok", "b": "ok"}})
+    with RoundProgress(3, enabled=False, devices=2) as progress:
+        progress.show(status(0, "waiting", None))
+        progress.show(status(3))
+        progress.show(finished)
+        progress.show(will)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "  edge     waiting: 1 of 2 devices registered"
+    assert lines[-1] == "  edge     finished: 3 of 3 rounds, 2 devices trained, accuracy 0.5000"
+    assert not any("0 of the devices" in line or "stopped" in line for line in lines)
+
+
+def test_progress_says_an_edge_stopped_before_training():
+    stopped = EdgeStatus(session="s1", state="stopped", round=0, rounds=3, rounds_done=0)
+    assert progress_line(stopped) == "  edge     stopped before round 1: 0 devices registered"
