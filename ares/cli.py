@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -20,21 +22,43 @@ from ares import logs, runtime
 from ares.bench import add_bench_parser
 from ares.broker_command import add_broker_parser
 from ares.plan_command import add_plan_parser
+from broker.binary import ENV_VAR as MOSQUITTO_ENV
 from broker.errors import BrokerError
 from broker.link import LinkError
-from schemas.config_file import describe_error, load_settings, show_settings
+from schemas.config_file import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    NESTED,
+    SettingsError,
+    describe_error,
+    env_names,
+    load_settings,
+    setting_sources,
+    show_settings,
+)
 
 if TYPE_CHECKING:
     from device_agent import DeviceSettings
     from edge_service import EdgeSettings
+    from schemas.config_file import ServiceSettings
 
 log = logging.getLogger("ares")
+SettingsT = TypeVar("SettingsT", bound="ServiceSettings")
+
+# ARES_* variables that are not settings: read by the CLI, the broker code, scripts/setup.sh and
+# deploy/compose.yaml. Any other one that no settings class reads is most likely a typo.
+OTHER_VARIABLES = frozenset({
+    CONFIG_ENV, logs.FORMAT_ENV, MOSQUITTO_ENV, "ARES_VENV", "ARES_TORCH_VERSION", "ARES_UID",
+    "ARES_GID", "ARES_BROKER_DIR",
+})  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.setup_logging(args.log_level, getattr(args, "log_name", "") or "", args.log_format)
+    for line in unknown_variables(os.environ):
+        print(f"ares {args.command}: warning: {line}", file=sys.stderr)
     try:
         return int(args.handler(args))
     except ValidationError as exc:
@@ -179,6 +203,36 @@ def _mqtt_flags(p: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--key-file", type=Path, help="the client certificate's private key")
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ``ARES_*`` variable nothing reads, with the likely intended name.
+
+    An unknown config file key is refused; an unknown variable cannot be (the environment holds
+    variables for many programs), but it is as likely a typo, so it is named.
+    """
+    given = sorted(
+        v for v in environ if v.upper().startswith(ENV_PREFIX) and v.upper() not in OTHER_VARIABLES
+    )
+    if not given:
+        return []
+    # Only now: the settings classes import the services (torch), too slow for every command.
+    from device_agent import DeviceSettings
+    from edge_service import EdgeSettings
+
+    known = sorted(env_names(EdgeSettings) | env_names(DeviceSettings) | OTHER_VARIABLES)
+    lines = []
+    for variable in given:
+        name = variable.upper()
+        if name in known or name.split("__")[0] in NESTED_VARIABLES:
+            continue  # a table's unknown key is refused by the table itself
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"{variable} is not a setting of any service and is ignored{hint}")
+    return lines
+
+
+# The prefixes of a table's variables (ARES_MQTT__URL, ...).
+NESTED_VARIABLES = frozenset(ENV_PREFIX + table.upper() for table in NESTED)
+
 MQTT_FLAGS = (
     ("url", "broker"), ("prefix", "prefix"), ("username", "username"),
     ("password_file", "password_file"), ("ca_file", "ca_file"), ("cert_file", "cert_file"),
@@ -201,6 +255,30 @@ def _overrides(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return values
 
 
+# Settings whose flag is not "--" and the setting's name with dashes (see setting_sources).
+FLAG_NAMES = {
+    "mqtt.url": "--broker", "device_id": "--id", "uplink_schedule": "--uplink",
+    "downlink_schedule": "--downlink", "shard_count": "--data-share", "shard_index": "--shard",
+    "num_shards": "--shard", "power_compute_w": "--power", "power_transmit_w": "--power",
+    "power_receive_w": "--power", "finish_devices": "--keep-devices",
+}  # fmt: skip
+
+
+def load_service_settings(
+    cls: type[SettingsT], config_file: Path | None, flags: dict[str, Any]
+) -> SettingsT:
+    """``cls`` from defaults, the file, the environment and ``flags``; a bad value is a
+    SettingsError naming the flag, variable or file key it came from."""
+    try:
+        return load_settings(cls, config_file, **flags)
+    except ValidationError as exc:
+        sources = setting_sources(cls, config_file, flags, FLAG_NAMES)
+        lines = describe_error(exc, sources).splitlines()
+        raise SettingsError(
+            "invalid settings: " + "; ".join(line.strip() for line in lines)
+        ) from None
+
+
 TRAINING = (
     "rounds", "policy", "alpha", "split", "model", "dataset", "data_dir", "batch_size",
     "batches_per_round", "lr", "wire_dtype", "seed", "report",
@@ -221,7 +299,7 @@ def edge_settings(args: argparse.Namespace) -> tuple[EdgeSettings, dict[str, Any
         values["wire_dtypes"] = parse_per_device(args.wire_dtypes, "--wire-dtypes")
     if args.keep_devices:
         values["finish_devices"] = False
-    return load_settings(EdgeSettings, args.config, **values), values
+    return load_service_settings(EdgeSettings, args.config, values), values
 
 
 def _edge(args: argparse.Namespace) -> int:
@@ -261,7 +339,7 @@ def device_settings(args: argparse.Namespace) -> tuple[DeviceSettings, dict[str,
     if args.shard:
         index, count = parse_shard(args.shard)
         values.update(shard_index=index, num_shards=count)
-    return load_settings(DeviceSettings, args.config, **values), values
+    return load_service_settings(DeviceSettings, args.config, values), values
 
 
 def _device(args: argparse.Namespace) -> int:
@@ -282,7 +360,7 @@ def _config_show(args: argparse.Namespace) -> int:
     build = edge_settings if args.service == "edge" else device_settings
     settings, flags = build(service_args)
     print(f"# ares {args.service}: effective settings (defaults < file < ARES_* env < flags)")
-    print(show_settings(settings, service_args.config, flags), end="")
+    print(show_settings(settings, service_args.config, flags, FLAG_NAMES), end="")
     return 0
 
 

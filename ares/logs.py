@@ -16,6 +16,7 @@ from typing import Literal
 
 LogFormat = Literal["text", "json"]
 FORMATS: tuple[LogFormat, ...] = ("text", "json")
+FORMAT_ENV = "ARES_LOG_FORMAT"
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,9 +38,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def default_format() -> LogFormat:
-    value = os.environ.get("ARES_LOG_FORMAT", "text").strip().lower()
+    value = os.environ.get(FORMAT_ENV, "text").strip().lower()
     if value not in FORMATS:
-        raise ValueError(f"ARES_LOG_FORMAT must be text or json, not {value!r}")
+        raise ValueError(f"{FORMAT_ENV} must be text or json, not {value!r}")
     return "json" if value == "json" else "text"
 
 

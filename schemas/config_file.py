@@ -133,37 +133,82 @@ def load_settings(cls: type[S], config_file: Path | None = None, **flags: Any) -
 # --- showing settings back ------------------------------------------------------------------------
 
 
-def describe_error(exc: ValidationError) -> str:
-    """One line per invalid setting, named as in the config file and the environment."""
+class SettingsError(ValueError):
+    """Invalid settings, each named with where its value came from (one line)."""
+
+
+def describe_error(exc: ValidationError, sources: Mapping[str, str] | None = None) -> str:
+    """One line per invalid setting, with where its value came from.
+
+    ``sources`` (from :func:`setting_sources`) names the flag, variable or file that gave each
+    value; a setting it does not cover is named as in the config file and the environment.
+    """
     lines = []
     for error in exc.errors():
-        name = ".".join(str(part) for part in error["loc"]) or "(settings)"
-        env = ENV_PREFIX + "__".join(str(p) for p in error["loc"]).upper()
+        loc = [str(part) for part in error["loc"]]
+        name = ".".join(loc) or "(settings)"
+        env = ENV_PREFIX + "__".join(loc).upper()
         given = error.get("input")
         shown = "" if isinstance(given, Mapping) or "password" in name else f" (got {given!r})"
-        lines.append(f"  {name}: {error['msg']}{shown}  [file key {name!r}, env {env}]")
+        source = _source_of(loc, sources or {})
+        where = f"from {source}" if source else f"file key {name!r}, env {env}"
+        lines.append(f"  {name}: {error['msg']}{shown}  [{where}]")
     return "\n".join(lines)
 
 
+def _source_of(loc: list[str], sources: Mapping[str, str]) -> str | None:
+    """The source of the setting at ``loc`` or of the table or mapping that holds it."""
+    for end in range(len(loc), 0, -1):
+        if (source := sources.get(".".join(loc[:end]))) is not None:
+            return source
+    return None
+
+
 def setting_sources(
-    settings: BaseSettings, config_file: Path | None, flags: Mapping[str, Any]
+    settings_cls: type[BaseSettings],
+    config_file: Path | None,
+    flags: Mapping[str, Any],
+    flag_names: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Where each given setting came from: 'flag', 'env' or 'file' (dotted names)."""
+    """Where each given setting came from (dotted names): 'flag --x', 'env ARES_X' or 'file F'.
+
+    Later sources override earlier ones, as in the settings' precedence. ``flag_names`` maps a
+    setting to the flag that sets it where that is not ``--`` and its name with dashes.
+    """
     sources: dict[str, str] = {}
     path = config_file_path(config_file)
     if path is not None:
         with _using(config_file):
-            source = file_source(type(settings))
+            source = file_source(settings_cls)
         if source is not None:
             for name in _leaves(source()):
                 sources[name] = f"file {path}"
-    environ = {k.upper(): k for k in os.environ}
-    for name in _leaves(settings.model_dump()):
-        if ENV_PREFIX + name.replace(".", "__").upper() in environ:
-            sources[name] = "env " + ENV_PREFIX + name.replace(".", "__").upper()
+    for variable in os.environ:
+        setting = env_setting(variable)
+        if setting is not None and setting.split(".")[0] in settings_cls.model_fields:
+            sources[setting] = f"env {variable}"
     for name in _leaves(dict(flags)):
-        sources[name] = "flag"
+        flag = (flag_names or {}).get(name) or "--" + name.rsplit(".", 1)[-1].replace("_", "-")
+        sources[name] = f"flag {flag}"
     return sources
+
+
+def env_setting(variable: str) -> str | None:
+    """The dotted setting an ``ARES_*`` variable names (``ARES_MQTT__URL``: mqtt.url), or None."""
+    if not variable.upper().startswith(ENV_PREFIX):
+        return None
+    return variable[len(ENV_PREFIX) :].lower().replace("__", ".") or None
+
+
+def env_names(settings_cls: type[BaseSettings]) -> set[str]:
+    """Every ``ARES_*`` variable the settings read (a table's keys, and the table as JSON)."""
+    names = set()
+    for name, field in settings_cls.model_fields.items():
+        names.add(ENV_PREFIX + name.upper())
+        table = field.annotation
+        if name in NESTED and isinstance(table, type) and issubclass(table, BaseModel):
+            names.update(f"{ENV_PREFIX}{name.upper()}__{key.upper()}" for key in table.model_fields)
+    return names
 
 
 def _leaves(values: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
@@ -176,14 +221,17 @@ def _leaves(values: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
 
 
 def show_settings(
-    settings: BaseSettings, config_file: Path | None = None, flags: Mapping[str, Any] | None = None
+    settings: BaseSettings,
+    config_file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> str:
     """The effective settings as TOML a user can paste into a config file.
 
     Secrets are masked, unset values commented out, and each value not at its default says
     where it came from.
     """
-    sources = setting_sources(settings, config_file, flags or {})
+    sources = setting_sources(type(settings), config_file, flags or {}, flag_names)
     scalars: list[tuple[str, Any]] = []
     tables: list[tuple[str, Any]] = []
     for name in type(settings).model_fields:
