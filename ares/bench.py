@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from ares.bench_report import final_table, render_summary, summarise
 from ares.demo import DemoOptions, RunResult, run_once
-from testbed.scenario import Scenario, ScheduleSpec, load_scenario
+from testbed.scenario import (
+    Scenario,
+    ScheduleSpec,
+    load_scenario,
+    samples_per_round,
+    shipped_scenarios,
+)
 from testbed.schedule import parse_schedule
 
 if TYPE_CHECKING:  # torch and matplotlib load only when a bench runs, not with every command
@@ -151,7 +157,11 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
             "them: results.json, summary.md and plots in --out."
         ),
     )
-    parser.add_argument("--scenario", required=True, help="a shipped scenario's name or a file")
+    parser.add_argument(
+        "--scenario",
+        required=True,
+        help="a scenario file, or a shipped scenario: " + ", ".join(shipped_scenarios()),
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory for the results")
     parser.add_argument(
         "--policies", help=f"comma-separated, in running order (default {','.join(POLICIES)})"
@@ -467,7 +477,7 @@ def scenario_plan_inputs(
     from edge_service.planning import DeviceReadings, PlanDefaults
     from edge_service.settings import EdgeSettings
     from schemas import ComputeProfile, PowerFigures
-    from splitnn.data import load_dataset, partition_indices
+    from splitnn.data import load_dataset
     from splitnn.models import ModelSpec, num_blocks
     from splitnn.profiling import profile_blocks
 
@@ -476,15 +486,10 @@ def scenario_plan_inputs(
     spec = ModelSpec(scenario.model, channels, size, train.num_classes)
     torch.set_num_threads(1)
     host = profile_blocks(spec, scenario.batch_size)
-    total = sum(d.data_share for d in scenario.devices)
-    shards = partition_indices(train.y, total, scheme=scenario.partition, seed=seed)
+    samples = samples_per_round(scenario, seed=seed, batches_per_round=batches_per_round)
     emulations: dict[str, Emulation] = {}  # per board: preparing one may profile the host
     readings = {}
     for device in scenario.devices:
-        first, count, _ = scenario.shards()[device.id]
-        samples = sum(len(shards[i]) for i in range(first, first + count))
-        if batches_per_round is not None:  # the edge plans for the samples a round processes
-            samples = min(samples, batches_per_round * scenario.batch_size)
         emulation = emulations.get(device.profile)
         if emulation is None:
             emulation = Emulation(
@@ -499,7 +504,7 @@ def scenario_plan_inputs(
         )
         downlink = device.downlink if device.downlink is not None else device.uplink
         readings[device.id] = DeviceReadings(
-            samples=samples,
+            samples=samples[device.id],
             compute=ComputeProfile(
                 model=spec.name,
                 batch_size=scenario.batch_size,

@@ -1,7 +1,9 @@
 """``ares plan FILE``: the ARES split plan for a described set of devices, with no broker or model.
 
 FILE is a YAML (``.yaml``/``.yml``) or JSON plan document (format: :mod:`planner.inputs`), or the
-name of an example shipped in ``planner/examples`` (``ares plan paper-testbed``). The plan is
+name of an example shipped in ``planner/examples`` (``ares plan paper-testbed``). A testbed scenario
+(:mod:`testbed.scenario`, a file or a shipped name as ``ares demo --scenario`` takes it) is planned
+for its devices as its run starts (:func:`scenario_document`). The plan is
 printed next to two baselines priced with the same objective and normalisation: federated learning
 (every participating device keeps all blocks, cut L) and classic split learning (the one cut below L
 shared by all participating devices that scores best). Devices the battery rule sits out are left
@@ -22,8 +24,6 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from planner import (
     DEFAULT_BATTERY_FLOOR,
     CostTable,
@@ -34,11 +34,19 @@ from planner import (
     solve,
 )
 from planner.inputs import plan_inputs_from_dict
+from schemas.documents import DocumentError, read_document
+from testbed.scenario import (
+    Scenario,
+    load_scenario,
+    samples_per_round,
+    scenario_from_data,
+    shipped_scenarios,
+)
+from testbed.schedule import parse_schedule
 
 __all__ = ["add_plan_parser", "example_names", "run_plan"]
 
-_YAML_SUFFIXES = (".yaml", ".yml")
-_EXAMPLE_SUFFIXES = (*_YAML_SUFFIXES, ".json")
+_EXAMPLE_SUFFIXES = (".yaml", ".yml", ".json")
 # Tenths, rounded so that the printed and JSON alphas read 0.3, not 0.30000000000000004.
 _SWEEP = tuple(round(step / 10, 1) for step in range(11))
 
@@ -46,7 +54,8 @@ _SWEEP = tuple(round(step / 10, 1) for step in range(11))
 _DESCRIPTION = (
     "Print the ARES split plan for the devices described in FILE (YAML or JSON, format in "
     "planner/inputs.py) next to federated learning and the best classic split learning cut, "
-    "all priced with the same objective. FILE may also name a shipped example."
+    "all priced with the same objective. FILE may also be a testbed scenario (as ares demo "
+    "--scenario takes it), or name a shipped example or scenario."
 )
 
 
@@ -64,7 +73,11 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     parser.add_argument(
         "file",
         metavar="FILE",
-        help="YAML or JSON plan document, or a shipped example: " + ", ".join(example_names()),
+        help="YAML or JSON plan document or scenario, or a shipped example ("
+        + ", ".join(example_names())
+        + ") or scenario ("
+        + ", ".join(shipped_scenarios())
+        + ")",
     )
     parser.add_argument(
         "--alpha",
@@ -114,7 +127,7 @@ def run_plan(args: argparse.Namespace) -> int:
             name += f" ({', '.join(what_if)})"
         alphas = _SWEEP if args.sweep_alpha else (args.alpha,)
         outcomes = [_outcome(table, alpha, args) for alpha in alphas]
-    except (PlanCommandError, PlanningError, OSError) as exc:
+    except (PlanCommandError, PlanningError, DocumentError, OSError) as exc:
         # One line even where a message spans several (YAML errors do).
         print(f"ares plan: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
@@ -177,40 +190,57 @@ def example_names() -> list[str]:
 
 
 def load_document(spec: str) -> tuple[str, Any]:
-    """Read and parse FILE (a path, or a shipped example's name); returns (display name, data)."""
+    """Read and parse FILE (a path, or a shipped example's or scenario's name); returns (display
+    name, plan document). A scenario, named or in a file, becomes the plan document of its
+    devices (:func:`scenario_document`)."""
     path = Path(spec)
-    source: Path | Traversable
     if path.is_file():
-        source, label = path, spec
-    elif (example := _find_example(spec)) is not None:
-        source, label = example, example.name
-    elif path.exists():
+        data = read_document(path, spec)
+        if isinstance(data, dict) and "name" in data:  # a scenario: plan documents have no name
+            scenario = scenario_from_data(data, spec)
+            return f"{spec} (scenario {scenario.name})", scenario_document(scenario)
+        return spec, data
+    if (example := _find_example(spec)) is not None:
+        return example.name, read_document(example, spec)
+    if path.exists():
         raise PlanCommandError(f"{spec}: not a file")
-    else:
-        raise PlanCommandError(
-            f"{spec}: no such file, nor a shipped example ({', '.join(example_names())})"
-        )
-    try:
-        text = source.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise PlanCommandError(f"{spec}: not UTF-8 text ({exc.reason})") from exc
-    if source.name.endswith(_YAML_SUFFIXES):
-        try:
-            return label, yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise PlanCommandError(f"{spec}: not valid YAML: {_yaml_problem(exc)}") from exc
-    try:
-        return label, json.loads(text)
-    except ValueError as exc:
-        raise PlanCommandError(f"{spec}: not valid JSON: {exc}") from exc
+    if spec in shipped_scenarios():
+        return f"{spec} (scenario)", scenario_document(load_scenario(spec))
+    raise PlanCommandError(
+        f"{spec}: no such file, nor a shipped example ({', '.join(example_names())}) "
+        f"or scenario ({', '.join(shipped_scenarios())})"
+    )
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """Where and what, without PyYAML's context lines and caret drawing."""
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
-    return str(exc)
+def scenario_document(scenario: Scenario) -> dict[str, Any]:
+    """The plan document for a scenario's devices as its run starts, on the boards' own clock.
+
+    Each emulated board is the planner's built-in one (both come from the paper's figures), on
+    the link rate its schedule starts with, training the samples a round of the scenario
+    processes; the edge is the paper's. The scenario's time scale only speeds the emulation up,
+    so it plays no part.
+    """
+    samples = samples_per_round(scenario, seed=0, batches_per_round=scenario.batches_per_round)
+    devices = []
+    for device in scenario.devices:
+        downlink = device.uplink if device.downlink is None else device.downlink
+        entry: dict[str, Any] = {
+            "id": device.id,
+            "profile": device.profile,
+            "samples": samples[device.id],
+            "uplink_mbps": parse_schedule(device.uplink).initial_mbps,
+            "downlink_mbps": parse_schedule(downlink).initial_mbps,
+        }
+        if device.battery_wh is not None:
+            entry["battery_pct"] = device.battery_pct
+        devices.append(entry)
+    return {
+        "model": scenario.model,
+        "batch_size": scenario.batch_size,
+        "wire_dtype": scenario.wire_dtype,
+        "server": "paper-edge",
+        "devices": devices,
+    }
 
 
 def _examples() -> Traversable:

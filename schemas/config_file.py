@@ -33,6 +33,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from schemas.documents import error_text
+
 CONFIG_ENV = "ARES_CONFIG"
 ENV_PREFIX = "ARES_"
 MASK = "********"
@@ -146,13 +148,10 @@ def describe_error(exc: ValidationError, sources: Mapping[str, str] | None = Non
     lines = []
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
-        name = ".".join(loc) or "(settings)"
-        env = ENV_PREFIX + "__".join(loc).upper()
-        given = error.get("input")
-        shown = "" if isinstance(given, Mapping) or "password" in name else f" (got {given!r})"
         source = _source_of(loc, sources or {})
+        name, env = ".".join(loc), ENV_PREFIX + "__".join(loc).upper()
         where = f"from {source}" if source else f"file key {name!r}, env {env}"
-        lines.append(f"  {name}: {error['msg']}{shown}  [{where}]")
+        lines.append(f"  {error_text(error, '(settings)')}  [{where}]")
     return "\n".join(lines)
 
 

@@ -17,19 +17,18 @@ A scenario is a YAML (or JSON) file, or the name of one shipped in ``testbed/sce
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.documents import DocumentError, read_document, validation_problems
 from schemas.topics import validate_device_id
 
 ScheduleSpec = float | list[tuple[float, float]] | dict[str, Any]
 
 
-class ScenarioError(ValueError):
+class ScenarioError(DocumentError):
     """A scenario that cannot be found or does not validate."""
 
 
@@ -93,22 +92,45 @@ def shipped_scenarios() -> list[str]:
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
-    """Load a scenario file, or a shipped scenario by name."""
+    """Load a scenario file, or a shipped scenario by name; every problem is one line."""
     path = Path(name_or_path)
     if path.is_file():
-        text, label = path.read_text(), str(path)
+        source, label = path, str(path)
     else:
-        shipped = SHIPPED / f"{name_or_path}.yaml"
-        if not shipped.is_file():
+        source, label = SHIPPED / f"{name_or_path}.yaml", f"{name_or_path} (shipped)"
+        if not source.is_file():
             raise ScenarioError(
                 f"no scenario file {name_or_path!r}; shipped scenarios: "
                 + ", ".join(shipped_scenarios())
             )
-        text, label = shipped.read_text(), f"{name_or_path} (shipped)"
     try:
-        data = json.loads(text) if label.endswith(".json") else yaml.safe_load(text)
+        data = read_document(source, label)
+    except DocumentError as exc:
+        raise ScenarioError(str(exc)) from None
+    return scenario_from_data(data, label)
+
+
+def scenario_from_data(data: Any, label: str) -> Scenario:
+    """A parsed scenario document, validated; ``label`` names it in the error."""
+    try:
         return Scenario.model_validate(data)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ScenarioError(f"{label}: not valid YAML/JSON: {exc}") from None
     except ValidationError as exc:
-        raise ScenarioError(f"{label}: {exc}") from None
+        raise ScenarioError(f"{label}: {validation_problems(exc)}") from None
+
+
+def samples_per_round(
+    scenario: Scenario, *, seed: int, batches_per_round: int | None
+) -> dict[str, int]:
+    """Per device, the training samples a round processes: its data share of the dataset's
+    training split, at most ``batches_per_round`` batches of the scenario's (None: all)."""
+    from splitnn.data import load_dataset, partition_indices  # numpy, and sklearn for digits
+
+    train = load_dataset(scenario.dataset, "train", data_dir=scenario.data_dir, seed=seed)
+    total = sum(d.data_share for d in scenario.devices)
+    shards = partition_indices(train.y, total, scheme=scenario.partition, seed=seed)
+    samples = {}
+    for device_id, (first, count, _) in scenario.shards().items():
+        samples[device_id] = sum(len(shards[i]) for i in range(first, first + count))
+        if batches_per_round is not None:  # the edge plans for the samples a round processes
+            samples[device_id] = min(samples[device_id], batches_per_round * scenario.batch_size)
+    return samples
