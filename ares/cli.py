@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ares import logs, runtime
 from ares.bench import add_bench_parser
 from ares.broker_command import add_broker_parser
+from ares.demo_command import DemoHelpFormatter
 from ares.plan_command import add_plan_parser
 from broker.binary import ENV_VAR as MOSQUITTO_ENV
 from broker.errors import BrokerError
@@ -36,6 +37,7 @@ from schemas.config_file import (
     setting_sources,
     show_settings,
 )
+from testbed.scenario import shipped_scenarios
 
 if TYPE_CHECKING:
     from device_agent import DeviceSettings
@@ -83,13 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="broker, edge service and N devices on this machine")
+    demo = sub.add_parser(
+        "demo",
+        help="broker, edge service and N devices on this machine",
+        description="Start a broker, the edge service and N device agents on this machine, "
+        "train, and print the rounds. Settings as for every command: defaults < config file < "
+        "ARES_* variables < a scenario's values < flags; the file and the variables are the "
+        "edge's (the devices get its dataset, data_dir and seed).",
+        formatter_class=DemoHelpFormatter,
+    )
     _training_flags(demo)
-    demo.add_argument("--devices", type=int, default=3, help="number of device agents")
-    demo.add_argument("--scenario", help="a testbed scenario: a shipped name or a YAML file")
-    demo.add_argument("--broker", help="use this broker (mqtt://host:port) instead of a local one")
-    demo.add_argument("--partition", choices=["iid", "label_skew"], default="iid")
-    demo.add_argument("--run-dir", type=Path, help="where logs and the report go")
+    demo.add_argument("--config", type=Path, help="the edge's settings file; or ARES_CONFIG")
+    demo.add_argument("--devices", type=int, help="number of device agents (not with --scenario)")
+    demo.add_argument(
+        "--scenario",
+        help="a testbed scenario: a YAML file, or a shipped one: " + ", ".join(shipped_scenarios()),
+    )
+    demo.add_argument(
+        "--broker",
+        help="use this broker (mqtt://host:port), or ARES_MQTT__URL, or the file's [mqtt] url "
+        "(default: a private Mosquitto)",
+    )
+    demo.add_argument("--splits", help="per-device cuts for sl, e.g. dev-0=1,dev-1=3")
+    demo.add_argument(
+        "--partition",
+        choices=["iid", "label_skew"],
+        help="how the data is split among the devices (default: iid, or the scenario's)",
+    )
+    demo.add_argument(
+        "--run-dir", type=Path, help="where logs and the report go (default: a new one in runs/)"
+    )
     demo.add_argument("--timeout", type=float, default=1800.0, help="give up after this many s")
     demo.set_defaults(handler=_demo)
 
@@ -172,22 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _training_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rounds", type=int)
+    p.add_argument("--rounds", type=int, help="rounds of training")
     p.add_argument(
         "--policy",
         choices=["ares", "static", "fl", "sl"],
         help="ares: re-plan every round; static: plan once; fl: all on device; sl: --split",
     )
     p.add_argument("--alpha", type=float, help="0: save device energy .. 1: save time")
-    p.add_argument("--split", type=int, help="the sl policy's cut, for every device")
+    p.add_argument(
+        "--split", type=int, help="the sl policy's cut, for every device (default: the middle one)"
+    )
     p.add_argument("--model", help="small_cnn or vgg5")
     p.add_argument("--dataset", help="digits, cifar10 or synthetic")
     p.add_argument("--data-dir", type=Path, help="directory of a local dataset (cifar10)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="samples per batch")
     p.add_argument("--batches-per-round", type=int, help="default: one local epoch")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--wire-dtype", choices=["float32", "float16"])
-    p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument(
+        "--wire-dtype", choices=["float32", "float16"], help="activations and gradients on the wire"
+    )
+    p.add_argument("--seed", type=int, help="model initialisation and data shards")
     p.add_argument("--report", type=Path, help="write the JSON run report here")
 
 
@@ -293,11 +322,12 @@ def edge_settings(args: argparse.Namespace) -> tuple[EdgeSettings, dict[str, Any
         args, *TRAINING, "min_devices", "torch_device", "torch_threads", "checkpoint", "fresh",
         "metrics_port",
     )  # fmt: skip
-    if args.splits:
+    # getattr: the demo builds the edge's settings from its own flags, a subset of these.
+    if getattr(args, "splits", None):
         values["splits"] = parse_per_device(args.splits, "--splits")
-    if args.wire_dtypes:
+    if getattr(args, "wire_dtypes", None):
         values["wire_dtypes"] = parse_per_device(args.wire_dtypes, "--wire-dtypes")
-    if args.keep_devices:
+    if getattr(args, "keep_devices", False):
         values["finish_devices"] = False
     return load_service_settings(EdgeSettings, args.config, values), values
 
@@ -365,10 +395,10 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ares.demo import DemoOptions, run_demo
+    from ares.demo import run_demo
+    from ares.demo_command import demo_options
 
-    options = DemoOptions.from_args(args)
-    return run_demo(options)
+    return run_demo(demo_options(args))  # every setting is checked before anything starts
 
 
 def parse_per_device(text: str, flag: str) -> dict[str, str]:

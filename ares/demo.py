@@ -10,7 +10,6 @@ per-round table from the edge's report, and stops every process it started, also
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -31,8 +30,9 @@ from ares import runtime
 from broker import BrokerConfig, LocalBroker
 from broker.link import MqttLink, MqttSettings
 from schemas import EdgeStatus, SchemaError, Topics, parse_json
+from schemas.config_file import CONFIG_ENV
 from testbed.links import LinkLab, link_mode
-from testbed.scenario import DeviceSpec, Scenario, ScheduleSpec, load_scenario
+from testbed.scenario import DeviceSpec, Scenario, ScheduleSpec
 from testbed.schedule import RateSchedule, parse_schedule
 
 
@@ -61,43 +61,23 @@ class DemoOptions:
     progress: bool | None = None  # a progress bar: None = when stderr is a terminal
     label: str = ""  # names the run in progress output (the bench: the policy)
     verbose: bool = True  # list every process started
+    config: Path | None = None  # the edge's settings file; the devices get what they share with it
+    # How the demo follows the edge (its TLS, user, prefix); None: the defaults. The URL is the
+    # broker's, set when it is known.
+    mqtt: MqttSettings | None = None
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> DemoOptions:
-        run_dir = args.run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-        # ``--no-progress`` where the parser has it; a bar only on a terminal anyway.
-        progress = False if getattr(args, "no_progress", False) else None
-        overrides = {n: getattr(args, n) for n in EDGE_NAMES}
-        if args.scenario:
-            return cls.for_scenario(
-                load_scenario(args.scenario),
-                run_dir=run_dir,
-                overrides=overrides,
-                rounds=args.rounds,
-                report=args.report,
-                timeout_s=args.timeout,
-                broker=args.broker,
-                progress=progress,
-            )
-        if args.devices < 1:
-            raise SystemExit("ares demo: --devices must be at least 1")
-        edge = {n: v for n, v in overrides.items() if v is not None}
-        shared = {n: edge.get(n) for n in ("dataset", "data_dir", "seed")}
-        devices = tuple(
-            DeviceLaunch(f"dev-{i}", _flags({"shard": f"{i}/{args.devices}",
-                                             "partition": args.partition, **shared}))
-            for i in range(args.devices)
-        )  # fmt: skip
-        return cls(
-            rounds=args.rounds or 10,
-            broker=args.broker,
-            run_dir=run_dir,
-            report=args.report or run_dir / "report.json",
-            timeout_s=args.timeout,
-            edge_flags=_flags(edge),
-            devices=devices,
-            progress=progress,
-        )
+    def edge_argv(self) -> list[str]:
+        """The edge's ``ares`` arguments (the broker's URL comes in ARES_MQTT__URL)."""
+        config = ["--config", str(self.config)] if self.config is not None else []
+        return [
+            "edge", *config, "--rounds", str(self.rounds), "--min-devices", str(len(self.devices)),
+            "--report", str(self.report), "--checkpoint", str(self.run_dir / "edge.ckpt"),
+            *self.edge_flags,
+        ]  # fmt: skip
+
+    def device_argv(self, device: DeviceLaunch, link: Sequence[str] = ()) -> list[str]:
+        """A device's ``ares`` arguments; ``link``: how its link is shaped, where it is."""
+        return ["device", "--id", device.device_id, "--exit-on-finish", *device.flags, *link]
 
     @classmethod
     def for_scenario(
@@ -123,12 +103,12 @@ class DemoOptions:
         edge.update({n: v for n, v in (overrides or {}).items() if v is not None})
         shared = {n: edge.get(n) for n in ("dataset", "data_dir", "seed")}
         return cls(
-            rounds=rounds or scenario.rounds,
+            rounds=scenario.rounds if rounds is None else rounds,
             broker=broker,
             run_dir=run_dir,
             report=report or run_dir / "report.json",
             timeout_s=timeout_s,
-            edge_flags=(*_flags(edge), *extra_edge_flags),
+            edge_flags=(*as_flags(edge), *extra_edge_flags),
             devices=scenario_devices(scenario, shared),
             scenario=scenario,
             progress=progress,
@@ -172,7 +152,7 @@ def scenario_devices(scenario: Scenario, shared: dict[str, Any]) -> tuple[Device
             "downlink_mbps": _starting_rate(downlink, scenario.time_scale),
             **shared,
         }
-        launches.append(DeviceLaunch(spec.id, _flags(values), spec))
+        launches.append(DeviceLaunch(spec.id, as_flags(values), spec))
     return tuple(launches)
 
 
@@ -181,7 +161,8 @@ def _starting_rate(spec: ScheduleSpec, time_scale: float) -> float:
     return parse_schedule(spec).scaled(time_scale).rate_at(0.0)
 
 
-def _flags(values: dict[str, Any]) -> tuple[str, ...]:
+def as_flags(values: dict[str, Any]) -> tuple[str, ...]:
+    """``{"data_dir": "d", "seed": None}`` -> ("--data-dir", "d"): unset values are left out."""
     out: list[str] = []
     for name, value in values.items():
         if value is not None:
@@ -232,14 +213,8 @@ def run_once(options: DemoOptions) -> RunResult:
         else:
             say(f"  broker   {url} (external)")
         processes = stack.enter_context(_Processes(options.run_dir, say))
-        env = {**os.environ, "ARES_MQTT__URL": url, "ARES_TORCH_THREADS": "1"}
-        processes.start(
-            "edge",
-            ["edge", "--rounds", str(options.rounds), "--min-devices", str(len(options.devices)),
-             "--report", str(options.report), "--checkpoint", str(options.run_dir / "edge.ckpt"),
-             *options.edge_flags],
-            env,
-        )  # fmt: skip
+        env = child_environment(url)
+        processes.start("edge", options.edge_argv(), env)
         for device in options.devices:
             prefix, device_env = [], env
             if lab is not None and device.spec is not None:
@@ -255,11 +230,10 @@ def run_once(options: DemoOptions) -> RunResult:
                 device_env = {**env, "ARES_MQTT__URL": f"mqtt://{lab.host_ip}:{port}"}
             processes.start(
                 device.device_id,
-                ["device", "--id", device.device_id, "--exit-on-finish", *device.flags,
-                 *link_flags(device)],
+                options.device_argv(device, link_flags(device)),
                 device_env,
                 prefix=prefix,
-            )  # fmt: skip
+            )
         try:
             edge_code = runtime.run(lambda: _follow(url, processes, options, lab))
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -279,6 +253,19 @@ def run_once(options: DemoOptions) -> RunResult:
     except (OSError, ValueError) as exc:
         return RunResult(1, wall, options.run_dir, None, f"no readable report: {exc}")
     return RunResult(0, wall, options.run_dir, report)
+
+
+def child_environment(url: str) -> dict[str, str]:
+    """The environment of the processes the demo starts: this one's, at the demo's broker.
+
+    Without ARES_CONFIG: the edge is given the demo's file explicitly, and the devices cannot
+    read an edge's file. One torch thread each unless the variable says otherwise: they share
+    this machine's cores.
+    """
+    env = {name: value for name, value in os.environ.items() if name.upper() != CONFIG_ENV}
+    env["ARES_MQTT__URL"] = url
+    env.setdefault("ARES_TORCH_THREADS", "1")
+    return env
 
 
 def _quiet(*args: object, **kwargs: Any) -> None:
@@ -341,8 +328,12 @@ async def _follow(
 async def _watch(
     url: str, processes: _Processes, options: DemoOptions, progress: RoundProgress
 ) -> int:
-    topics = Topics()
-    settings = MqttSettings(url=url)
+    settings = (
+        MqttSettings(url=url)
+        if options.mqtt is None
+        else options.mqtt.model_copy(update={"url": url})
+    )
+    topics = Topics(settings.prefix)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.timeout_s
     link = MqttLink(settings, f"ares-demo-{os.getpid()}", [(topics.edge_status, 1)])

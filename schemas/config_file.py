@@ -44,6 +44,8 @@ S = TypeVar("S", bound=BaseSettings)
 
 # The file named by --config while one settings object is built (None: fall back to ARES_CONFIG).
 _config_file: ContextVar[Path | None] = ContextVar("ares_config_file", default=None)
+# False while building settings for a process started without ARES_CONFIG (ignoring_config_env).
+_config_env: ContextVar[bool] = ContextVar("ares_config_env", default=True)
 
 
 class ConfigFileError(ValueError):
@@ -54,6 +56,8 @@ def config_file_path(explicit: Path | None = None) -> Path | None:
     """The config file in effect: the flag's, else ``$ARES_CONFIG``, else none."""
     if explicit is not None:
         return explicit
+    if not _config_env.get():
+        return None
     named = os.environ.get(CONFIG_ENV, "").strip()
     return Path(named) if named else None
 
@@ -126,6 +130,17 @@ def _using(config_file: Path | None) -> Iterator[None]:
         _config_file.reset(token)
 
 
+@contextlib.contextmanager
+def ignoring_config_env() -> Iterator[None]:
+    """Settings built meanwhile read no file unless one is named explicitly: as a process will
+    that is started without ``ARES_CONFIG`` (the demo's devices, whose file it is not)."""
+    token = _config_env.set(False)
+    try:
+        yield
+    finally:
+        _config_env.reset(token)
+
+
 def load_settings(cls: type[S], config_file: Path | None = None, **flags: Any) -> S:
     """Build ``cls`` from defaults, the config file, the environment and ``flags``."""
     with _using(config_file):
@@ -151,7 +166,8 @@ def describe_error(exc: ValidationError, sources: Mapping[str, str] | None = Non
         source = _source_of(loc, sources or {})
         name, env = ".".join(loc), ENV_PREFIX + "__".join(loc).upper()
         where = f"from {source}" if source else f"file key {name!r}, env {env}"
-        lines.append(f"  {error_text(error, '(settings)')}  [{where}]")
+        # An error of the settings as a whole (a validator of several) has no one source.
+        lines.append(f"  {error_text(error, '(settings)')}" + (f"  [{where}]" if loc else ""))
     return "\n".join(lines)
 
 

@@ -1,0 +1,145 @@
+"""``ares demo``'s flags into :class:`~ares.demo.DemoOptions`, every setting checked first.
+
+The demo takes its settings as every command does: defaults < config file (``--config`` or
+ARES_CONFIG: the edge's settings) < ARES_* variables < flags, with a scenario's values just
+below the flags (a scenario is chosen on the command line; any flag refines it). Before the
+broker or any process starts, the edge's and every device's settings are built here exactly as
+those processes will build them, so a bad value is one line naming its flag, variable or file
+key, never a failure half a minute into a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ares.demo import EDGE_NAMES, DemoOptions, DeviceLaunch, as_flags, scenario_devices
+from broker.binary import find_mosquitto
+from schemas.config_file import SettingsError, config_file_path, ignoring_config_env
+from testbed.scenario import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from edge_service import EdgeSettings
+
+# The demo's own defaults where they differ from the edge's, or are not settings at all.
+DEMO_DEFAULTS: dict[str, Any] = {"rounds": 10, "devices": 3}
+
+
+class DemoHelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each flag's default: the demo's own, else the edge setting's it sets."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        default = action.default if action.default is not None else demo_default(action.dest)
+        if default is None or isinstance(default, bool):
+            return text
+        return f"{text} (default: {str(default).replace('%', '%%')})"  # argparse %-formats it
+
+
+def demo_default(name: str) -> Any:
+    """What the demo runs with when nothing sets ``name`` (None: nothing to show)."""
+    if name in DEMO_DEFAULTS:
+        return DEMO_DEFAULTS[name]
+    # Only for --help: the settings import the edge service (torch).
+    from edge_service import EdgeSettings
+
+    field = EdgeSettings.model_fields.get(name)
+    return None if field is None or field.default_factory is not None else field.default
+
+
+def demo_options(args: argparse.Namespace) -> DemoOptions:
+    """The run ``args`` ask for, checked: a ValueError (one line) if anything would fail."""
+    _check_flags(args)
+    scenario = load_scenario(args.scenario) if args.scenario else None
+    settings, flags = _edge_settings(args, scenario)
+    run_dir = args.run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    # What the devices share with the edge, whatever gave it: the same data and shards.
+    shared: dict[str, Any] = {n: getattr(settings, n) for n in ("dataset", "data_dir", "seed")}
+    if "prefix" in settings.mqtt.model_fields_set:
+        shared["prefix"] = settings.mqtt.prefix
+    if args.partition is not None:  # over the scenario's
+        shared["partition"] = args.partition
+    devices = (
+        scenario_devices(scenario, shared)
+        if scenario is not None
+        else _devices(args.devices or DEMO_DEFAULTS["devices"], shared)
+    )
+    edge = {n: flags.get(n) for n in EDGE_NAMES}
+    splits = ("--splits", args.splits) if args.splits else ()
+    options = DemoOptions(
+        rounds=settings.rounds
+        if "rounds" in settings.model_fields_set
+        else DEMO_DEFAULTS["rounds"],
+        # A URL from any source means that broker; none, a private Mosquitto.
+        broker=settings.mqtt.url if "url" in settings.mqtt.model_fields_set else None,
+        run_dir=run_dir,
+        report=settings.report or run_dir / "report.json",
+        timeout_s=args.timeout,
+        edge_flags=(*as_flags(edge), *splits),
+        devices=devices,
+        scenario=scenario,
+        config=config_file_path(args.config),
+        mqtt=settings.mqtt,
+    )
+    check_before_start(options)
+    return options
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """The demo's own flags (the settings' are checked with the settings)."""
+    if args.devices is not None and args.scenario:
+        raise ValueError(
+            "--devices does not combine with --scenario: the scenario lists its devices"
+        )
+    if args.devices is not None and args.devices < 1:
+        raise ValueError(f"--devices must be at least 1, got {args.devices}")
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be positive, got {args.timeout:g}")
+
+
+def _edge_settings(
+    args: argparse.Namespace, scenario: Scenario | None
+) -> tuple[EdgeSettings, dict[str, Any]]:
+    """The edge's settings as its process will build them; and the flags (with the scenario's
+    values where no flag is given) that it is given."""
+    from ares.cli import edge_settings  # ares.cli imports this module's users lazily, too
+
+    values = vars(args).copy()
+    if scenario is not None:
+        for name in (*EDGE_NAMES, "rounds"):
+            if values.get(name) is None:
+                values[name] = getattr(scenario, name, None)
+    return edge_settings(argparse.Namespace(**values))
+
+
+def _devices(count: int, shared: dict[str, Any]) -> tuple[DeviceLaunch, ...]:
+    """``count`` devices on this host, each with its shard of the data."""
+    return tuple(
+        DeviceLaunch(f"dev-{i}", as_flags({"shard": f"{i}/{count}", **shared}))
+        for i in range(count)
+    )
+
+
+def check_before_start(options: DemoOptions) -> None:
+    """Build the edge's and each device's settings from the arguments they will be started with,
+    as they will: a SettingsError naming the process, if one would refuse to start. Without a
+    broker of the user's, Mosquitto must be there to start one (else a BrokerNotFoundError)."""
+    from ares.cli import build_parser, device_settings, edge_settings
+
+    if options.broker is None:
+        find_mosquitto()
+    parser = build_parser()
+    try:
+        edge_settings(parser.parse_args(options.edge_argv()))
+    except SettingsError as exc:
+        raise SettingsError(f"the edge: {exc}") from None
+    for device in options.devices:
+        try:
+            with ignoring_config_env():  # the devices are started without ARES_CONFIG
+                device_settings(parser.parse_args(options.device_argv(device)))
+        except SettingsError as exc:
+            raise SettingsError(f"device {device.device_id}: {exc}") from None
