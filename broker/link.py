@@ -273,6 +273,7 @@ class MqttLink:
     async def _run(self) -> None:
         attempt = 0
         while True:
+            connected = False
             try:
                 async with self._make_client() as client:
                     for topic, qos in self._subscriptions:
@@ -283,6 +284,7 @@ class MqttLink:
                     attempt = 0
                     self._disconnected.clear()
                     self._connected.set()
+                    connected = True
                     log.info("%s connected to %s", self.client_id, self.settings.url)
                     if self._on_connect is not None:
                         # Run beside the reader: the callback may wait on replies.
@@ -293,7 +295,11 @@ class MqttLink:
                             await self.shaper.downlink.transfer(len(converted.payload))
                         self._messages.put_nowait(converted)
             except aiomqtt.MqttError as exc:
-                log.warning("%s lost the broker connection: %s", self.client_id, exc)
+                if connected:
+                    log.warning("%s lost the broker connection: %s", self.client_id, exc)
+                else:  # never got that far: say so, not that a connection was lost
+                    log.warning("%s cannot connect to %s: %s", self.client_id,
+                                self.settings.url, exc)  # fmt: skip
             finally:
                 self._connected.clear()
                 self._disconnected.set()

@@ -43,6 +43,7 @@ from schemas import (
     GradientMeta,
     Hello,
     ModelInfo,
+    Ping,
     PowerFigures,
     RoundAbort,
     RoundClose,
@@ -135,6 +136,11 @@ class DeviceAgent:
         self._training: asyncio.Task[None] | None = None
         self._training_round: int | None = None
         self._closing_round: int | None = None  # the edge asked us to wrap this round up
+        self._started: tuple[str, int] | None = None  # (edge session, round) last started
+        # Set when a lost message may want re-sending at once: we reconnected, or the edge did
+        # (its status arrives again). A batch awaiting its gradient is then re-sent, not after
+        # its timeout: a broker restart loses what it had acknowledged but not delivered.
+        self._resend_now = asyncio.Event()
         self._pending: dict[tuple[int, int], asyncio.Future[Frame]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.device_id}-compute")
         self._background = BackgroundTasks()
@@ -151,8 +157,10 @@ class DeviceAgent:
         """Serve rounds until the edge says training is over (if exit_on_finish) or cancelled."""
         own = [
             (self.topics.device(self.device_id, ch), 1)
-            for ch in (DeviceChannel.CTRL, DeviceChannel.GRAD, DeviceChannel.ERROR)
-        ]
+            # Our own status too: a stranger's "offline" is put right (see _on_own_status).
+            for ch in (DeviceChannel.CTRL, DeviceChannel.GRAD, DeviceChannel.ERROR,
+                       DeviceChannel.STATUS)
+        ]  # fmt: skip
         subscriptions = [*own, (self.topics.edge_status, 1)]
         will = LastWill(
             self.topics.device(self.device_id, DeviceChannel.STATUS),
@@ -211,6 +219,9 @@ class DeviceAgent:
         if parsed is None or parsed[0] != self.device_id:
             return
         channel = parsed[1]
+        if channel is DeviceChannel.STATUS:
+            self._on_own_status(parse_json(DeviceStatus, message.payload))
+            return
         if channel is DeviceChannel.ERROR:
             error = parse_json(ErrorReport, message.payload)
             log.warning("%s: the edge rejected %s: %s %s", self.device_id, error.channel,
@@ -227,21 +238,44 @@ class DeviceAgent:
             self._on_ctrl(parse_ctrl(frame.meta), frame)
 
     def _on_edge_status(self, status: EdgeStatus) -> None:
-        if status.state == "stopped" or status.session == self.edge_session:
+        if status.state == "stopped":
+            return
+        if status.session == self.edge_session:
+            self._resend_now.set()  # the edge (re)announced itself: it may have missed a batch
             return
         # A new edge session (the edge started or restarted): register with it.
         log.info("%s: edge session %s is live", self.device_id, status.session)
         self.edge_session = status.session
         self._background.spawn(self._send_hello())
 
+    def _on_own_status(self, status: DeviceStatus) -> None:
+        """Our retained status says we are offline while we run: someone else published it (or
+        an old will). Say what is true; the edge's ping (_on_ctrl) settles it for the edge."""
+        if status.state == "offline" and status.device_id == self.device_id:
+            log.warning("%s: our status reads offline, but we are here: correcting it",
+                        self.device_id)  # fmt: skip
+            self._background.spawn(self._publish_status(*self._state()))
+
     def _on_ctrl(
-        self, message: Welcome | RoundStart | RoundClose | RoundAbort | Finish, frame: Frame
+        self,
+        message: Welcome | RoundStart | RoundClose | RoundAbort | Ping | Finish,
+        frame: Frame,
     ) -> None:
         if isinstance(message, Welcome):
             log.info("%s: registered with edge session %s", self.device_id, message.session)
             self.edge_session = message.session
             self._background.spawn(self._report_profile(message.model, message.batch_size))
+        elif isinstance(message, Ping):
+            state, round_no = self._state()
+            self._background.spawn(self._publish_status(state, round_no, nonce=message.nonce))
         elif isinstance(message, RoundStart):
+            if (message.session, message.round) == self._started:
+                # A repeat (the edge re-sends round starts after a reconnect, or QoS 1
+                # redelivery): starting over would re-send batches the edge already applied.
+                log.info("%s: round %d already started; repeat ignored", self.device_id,
+                         message.round)  # fmt: skip
+                return
+            self._started = (message.session, message.round)
             self._cancel_training()
             self._training_round = message.round
             self._training = asyncio.create_task(
@@ -256,6 +290,7 @@ class DeviceAgent:
                     "%s: round %d aborted: %s", self.device_id, message.round, message.reason
                 )
                 self._cancel_training()
+                self._re_register()
         else:
             log.info("%s: edge finished: %s", self.device_id, message.reason)
             self._cancel_training()
@@ -308,6 +343,7 @@ class DeviceAgent:
                 log.exception("%s: round %d failed", self.device_id, round_no)
             # Tell the edge at once instead of letting it wait for the round deadline.
             await self._publish_status("aborted", round_no)
+            self._re_register()
 
     async def _split_batch(
         self, start: RoundStart, seq: int, tally: RoundTally
@@ -362,21 +398,20 @@ class DeviceAgent:
                                 self.device_id, round_no, seq, tries + excused + 1)  # fmt: skip
                 assert self._link is not None
                 connects = self._link.connects
+                self._resend_now.clear()
                 sent = time.perf_counter()
                 await self._publish(topic, payload)
                 uplink_s = time.perf_counter() - sent
-                try:
-                    async with asyncio.timeout(wait_s):
-                        reply = await asyncio.shield(future)
-                except TimeoutError:
+                if not await self._gradient_or_nudge(future, wait_s):
                     # A wait spoilt by a reconnect (the broker went away) is not the edge's
                     # fault: it does not use up a retry, up to a bound.
                     spoilt = connects != self._link.connects or not self._link.is_connected
-                    if spoilt and excused < MAX_EXCUSED_RETRIES:
+                    if (spoilt or self._resend_now.is_set()) and excused < MAX_EXCUSED_RETRIES:
                         excused += 1
                     else:
                         tries += 1
                     continue
+                reply = future.result()
                 round_trip = time.perf_counter() - sent
                 edge_s = parse_meta(GradientMeta, reply.meta).server_s
                 downlink_s = max(round_trip - uplink_s - edge_s, 0.0)
@@ -390,6 +425,19 @@ class DeviceAgent:
             raise RoundFailed(f"no gradient for batch {seq} after {tries + excused} tries")
         finally:
             self._pending.pop(key, None)
+
+    async def _gradient_or_nudge(self, future: asyncio.Future[Frame], wait_s: float) -> bool:
+        """Wait for the gradient; False at the timeout, or at once when a reconnect (ours or
+        the edge's) may have lost the batch or its gradient."""
+        if self._resend_now.is_set():
+            return future.done()
+        nudge = asyncio.ensure_future(self._resend_now.wait())
+        either: set[asyncio.Future[Any]] = {future, nudge}
+        try:
+            await asyncio.wait(either, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            nudge.cancel()
+        return future.done()
 
     async def _timed(self, tally: RoundTally, pace: Pace, fn: Callable[..., T], *args: Any) -> T:
         """Run torch work in the compute thread, counting its time as busy.
@@ -536,12 +584,24 @@ class DeviceAgent:
     # --- outbound -------------------------------------------------------------------------------
 
     async def _announce(self) -> None:
-        """On every (re)connect: say we are online.
+        """On every (re)connect: say we are here, and re-send a batch in flight at once.
 
         Registration follows the edge's retained status: a session we have not registered with
         (on our first connect, or after the edge restarted) triggers a hello.
         """
-        await self._publish_status("online")
+        self._resend_now.set()
+        await self._publish_status(*self._state())
+
+    def _re_register(self) -> None:
+        """After any abort: say hello again, so an edge that evicted us takes us back (a
+        forged offline, a lost message) and we train the next round."""
+        if self.edge_session is not None:
+            self._background.spawn(self._send_hello())
+
+    def _state(self) -> tuple[DeviceState, int | None]:
+        if self._training is not None and not self._training.done():
+            return "training", self._training_round
+        return ("idle" if self.rounds_done else "online"), None
 
     async def _send_hello(self) -> None:
         hello = Hello(
@@ -581,8 +641,10 @@ class DeviceAgent:
             declared["allowed_cuts"] = tuple(s.allowed_cuts)
         return declared
 
-    async def _publish_status(self, state: DeviceState, round_no: int | None = None) -> None:
-        status = DeviceStatus(device_id=self.device_id, state=state, round=round_no)
+    async def _publish_status(
+        self, state: DeviceState, round_no: int | None = None, *, nonce: str | None = None
+    ) -> None:
+        status = DeviceStatus(device_id=self.device_id, state=state, round=round_no, nonce=nonce)
         topic = self.topics.device(self.device_id, DeviceChannel.STATUS)
         try:
             await self._publish(topic, to_json(status), retain=True)

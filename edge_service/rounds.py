@@ -22,7 +22,7 @@ import torch
 from edge_service.fanout import gather_bounded
 from edge_service.rejections import Counters, Rejected
 from edge_service.server_session import ServerSession
-from schemas import ActivationMeta, Frame, TrainConfig, WeightsMeta
+from schemas import ActivationMeta, Frame, RoundStart, TrainConfig, WeightsMeta
 from splitnn.models import ModelSpec, cut_shapes, num_blocks
 from splitnn.partition import merge_states, split_state
 from splitnn.tensors import arrays_to_state
@@ -83,6 +83,7 @@ class DeviceRound:
     result: asyncio.Future[DeviceResult] = field(default_factory=asyncio.Future)
     closing: bool = False  # the deadline passed; a partial upload is still welcome
     started: float | None = None  # perf_counter() when its round start was sent
+    start: RoundStart | None = None  # that round start (re-sent after a broker restart)
 
 
 Parts = dict[str, tuple[dict[str, torch.Tensor], ServerSession | None]]

@@ -15,7 +15,7 @@ import math
 import time
 import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import torch
@@ -52,6 +52,7 @@ from schemas import (
     Frame,
     Hello,
     ModelInfo,
+    Ping,
     PlanMessage,
     PowerFigures,
     RoundAbort,
@@ -202,6 +203,7 @@ class EdgeService:
         self.metrics: MetricsServer | None = None  # serving while run() runs, if configured
         self.loop_lag = LoopLagMonitor()  # sampling while run() runs; metrics read it
         self._devices_changed = asyncio.Event()
+        self._pings: dict[str, tuple[str, asyncio.Event]] = {}  # device -> (nonce, answered)
         self._background = BackgroundTasks()
         self.report = RunReport(
             policy=settings.policy,
@@ -464,6 +466,7 @@ class EdgeService:
             deadline_s=deadline,
         )
         runner.devices[device_id].started = time.perf_counter()
+        runner.devices[device_id].start = message
         try:
             await self._send_ctrl(device_id, message, state_to_arrays(device_state))
         except LinkError as exc:
@@ -750,7 +753,12 @@ class EdgeService:
         if restarted and self._round is not None:
             # A new agent process has lost the round's state: it leaves the round now.
             self._round.drop(device_id, "device restarted mid-round")
-        self.devices[device_id] = DeviceRecord(hello=hello, state="online", last_seen=time.time())
+        if known is not None and not restarted:
+            # The same process registering again (after an abort): its readings still hold.
+            record = replace(known, hello=hello, state="online", last_seen=time.time())
+        else:
+            record = DeviceRecord(hello=hello, state="online", last_seen=time.time())
+        self.devices[device_id] = record
         self._devices_changed.set()
         log.info("device %s registered (%d samples)", device_id, hello.samples)
         welcome = Welcome(
@@ -767,17 +775,49 @@ class EdgeService:
         if record is None:
             return  # not registered (a retained status from an earlier run): hello comes first
         record.last_seen = time.time()
-        if status.state == "offline" and record.state != "offline":
-            record.state = "offline"
-            self._devices_changed.set()
-            log.warning("device %s went offline", device_id)
-            if self._round is not None:
-                self._round.drop(device_id, "device went offline")
+        ping = self._pings.get(device_id)
+        if ping is not None and status.nonce == ping[0]:
+            ping[1].set()
+        if status.state == "offline":
+            if record.state != "offline" and device_id not in self._pings:
+                self._background.spawn(self._confirm_offline(device_id))
         elif status.state == "aborted":
             if self._round is not None and status.round == self._round.round_no:
                 self._round.drop(device_id, "the device gave up the round")
         else:
             record.state = status.state
+
+    async def _confirm_offline(self, device_id: str) -> None:
+        """Evict a device said to be offline only if it does not answer a ping in time: its
+        will is trustworthy, but on a broker without per-device ACLs so is anyone's forgery."""
+        nonce = uuid.uuid4().hex[:12]
+        answered = asyncio.Event()
+        self._pings[device_id] = (nonce, answered)
+        self.counters.add("liveness.pings")
+        try:
+            with contextlib.suppress(LinkError):
+                await self._send_ctrl(device_id, Ping(session=self.session, nonce=nonce))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.liveness_timeout_s):
+                    await answered.wait()
+        finally:
+            del self._pings[device_id]
+        record = self.devices.get(device_id)
+        if answered.is_set():
+            self.counters.add("liveness.refuted")
+            log.warning("device %s was reported offline but answered a ping: it stays",
+                        device_id)  # fmt: skip
+            return
+        if record is None or record.state == "offline":
+            return
+        record.state = "offline"
+        self._devices_changed.set()
+        runner = self._round
+        if runner is not None and device_id in runner.devices:
+            log.warning("device %s went offline mid-round", device_id)
+            runner.drop(device_id, "device went offline")
+        else:  # between rounds, e.g. a device that exits when training is over
+            log.info("device %s went offline", device_id)
 
     def _registered(self, device_id: str) -> DeviceRecord:
         record = self.devices.get(device_id)
@@ -826,6 +866,22 @@ class EdgeService:
         # Not _publish_status: a reconnect is no progress of the main task (health_problem).
         state: EdgeState = "waiting" if self._round_no == 0 else "training"
         await self._publish_informative(self.topics.edge_status, to_json(self._status(state)))
+        if self._round is not None:
+            await self._resend_in_flight(self._round)
+
+    async def _resend_in_flight(self, runner: RoundRunner) -> None:
+        """After a reconnect: what the broker may have acknowledged and then lost with a
+        restart. Each device's last gradient (a device past it ignores it) and, to a device not
+        heard from this round, its round start (a device that has it ignores the repeat)."""
+        for device_id, device in runner.devices.items():
+            if device.result.done() or device.start is None:
+                continue
+            session = device.session
+            if session is not None and session.last_reply is not None:
+                self._background.spawn(self._publish_grad(device_id, session.last_reply))
+            elif session is None or session.next_seq == 0:
+                arrays = state_to_arrays(device.device_state)
+                self._background.spawn(self._send_ctrl(device_id, device.start, arrays))
 
     def _status(self, state: EdgeState, evaluation: Evaluation | None = None) -> EdgeStatus:
         last = self.report.rounds[-1] if self.report.rounds else None

@@ -65,6 +65,9 @@ class EdgeSettings(ServiceSettings):
     # it processed (False: only devices that finished count).
     count_partial: bool = True
     close_grace_s: float = Field(default=10.0, ge=0)
+    # An "offline" status is believed only if the device then fails to answer a ping this fast
+    # (anyone may publish one on a broker without per-device ACLs).
+    liveness_timeout_s: float = Field(default=3.0, gt=0)
 
     # Compute.
     torch_device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...

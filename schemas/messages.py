@@ -95,6 +95,8 @@ class DeviceStatus(WireModel):
     device_id: DeviceId
     state: DeviceState
     round: RoundNo | None = None
+    # The edge's liveness ping this status answers (Ping.nonce), if it answers one.
+    nonce: str | None = None
 
 
 class Telemetry(WireModel):
@@ -144,7 +146,7 @@ class EdgeStatus(WireModel):
     rounds: Count  # rounds planned
     rounds_done: Count = 0
     devices: dict[str, str] = Field(default_factory=dict)
-    last_round: dict[str, str] = Field(default_factory=dict)  # device: ok, straggler or dropped
+    last_round: dict[str, str] = Field(default_factory=dict)  # device: its round outcome
     accuracy: float | None = None
     loss: float | None = None
 
@@ -229,6 +231,18 @@ class RoundClose(WireModel):
     round: RoundNo
 
 
+class Ping(WireModel):
+    """Are you there? The device answers with its status carrying ``nonce``.
+
+    The edge asks before it believes an ``offline`` status: on a broker without per-device ACLs
+    anyone may publish one, and a live device must not be evicted on a stranger's word.
+    """
+
+    kind: Literal["ping"] = "ping"
+    session: str
+    nonce: str
+
+
 class Finish(WireModel):
     """Training is over; agents may exit (the demo's agents do)."""
 
@@ -238,7 +252,7 @@ class Finish(WireModel):
 
 
 CtrlMessage = Annotated[
-    Welcome | RoundStart | RoundClose | RoundAbort | Finish, Field(discriminator="kind")
+    Welcome | RoundStart | RoundClose | RoundAbort | Ping | Finish, Field(discriminator="kind")
 ]
 
 # --- training traffic (frame meta) -------------------------------------------------------------
@@ -289,7 +303,7 @@ class WeightsMeta(RoundTraffic):
 # --- parsing and serialising -------------------------------------------------------------------
 
 M = TypeVar("M", bound=WireModel)
-_CTRL: TypeAdapter[Welcome | RoundStart | RoundClose | RoundAbort | Finish] = TypeAdapter(
+_CTRL: TypeAdapter[Welcome | RoundStart | RoundClose | RoundAbort | Ping | Finish] = TypeAdapter(
     CtrlMessage
 )
 
@@ -323,7 +337,7 @@ def parse_meta(model: type[M], data: object) -> M:
         raise SchemaError("bad_schema", _summarise(exc)) from None
 
 
-def parse_ctrl(data: object) -> Welcome | RoundStart | RoundClose | RoundAbort | Finish:
+def parse_ctrl(data: object) -> Welcome | RoundStart | RoundClose | RoundAbort | Ping | Finish:
     try:
         return _CTRL.validate_python(data)
     except ValidationError as exc:

@@ -356,16 +356,22 @@ async def test_valid_looking_ctrl(device, kind, data, tensors, seed):
     for frame_meta in [meta, *variants(meta, seed, 3, nasty, ["session"])]:
         statuses = len(device.statuses())
         acts = len(device.link.on(device.topic(DeviceChannel.ACT)))
+        started_before = device.agent._started
         outcome = await drive(
             device, f"ctrl/{kind} (valid-looking)", topic, encode_frame(frame_meta, tensors)
         )
         if outcome == "ok" and frame_meta.get("kind") == "round_start":
-            # It started a round with weights that cannot fit: the round ended (settle waited
-            # for it), reported aborted, and sent nothing.
+            start = parse_meta(RoundStart, frame_meta)
             new = device.statuses()[statuses:]
-            assert new, "a round start was accepted but the round never reported"
-            assert new[-1]["state"] == "aborted"
-            assert new[-1]["round"] == parse_meta(RoundStart, frame_meta).round
+            if (start.session, start.round) == started_before:
+                # A repeat of the round last started: ignored, whatever it carries.
+                assert not new
+            else:
+                # It started a round with weights that cannot fit: the round ended (settle
+                # waited for it), reported aborted, and sent nothing.
+                assert new, "a round start was accepted but the round never reported"
+                assert new[-1]["state"] == "aborted"
+                assert new[-1]["round"] == start.round
             assert len(device.link.on(device.topic(DeviceChannel.ACT))) == acts
         device.agent.finished.clear()
 
@@ -504,6 +510,7 @@ async def test_a_round_start_with_weights_that_do_not_fit_aborts(
     if "empty" in defects:
         state = {}
     payload = encode_frame(to_meta(round_start(round_no, split)), state)
+    device.agent._started = None  # each example a new round start, not a repeat of the last
     statuses = len(device.statuses())
     acts = len(device.link.on(device.topic(DeviceChannel.ACT)))
     assert await drive(device, "ctrl/round_start (bad weights)", device.topic(DeviceChannel.CTRL),
@@ -524,6 +531,7 @@ async def test_a_round_start_with_good_weights_does_train(device):
     sent = len(device.link.on(acts))
     agent = device.agent
     payload = encode_frame(to_meta(round_start(7, 2, batch_timeout_s=5)), device_state(2))
+    device.agent._started = None  # the agent is shared: not a repeat of a test before
     agent._handle(Message(device.topic(DeviceChannel.CTRL), payload, False))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60  # generous: CI machines can be busy
@@ -590,6 +598,7 @@ async def test_a_round_start_with_non_finite_weights_never_trains(device, poison
     sent = len(device.link.on(acts))
     statuses = len(device.statuses())
     payload = encode_frame(to_meta(round_start(8, 2, batch_timeout_s=0.01)), state)
+    device.agent._started = None  # the agent is shared: not a repeat of a test before
     device.agent._handle(Message(device.topic(DeviceChannel.CTRL), payload, False))
     await settle(device)  # the round ends by itself either way (no gradient ever comes)
     assert len(device.link.on(acts)) == sent, "it trained on non-finite weights"

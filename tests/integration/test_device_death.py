@@ -1,4 +1,5 @@
-"""A device killed mid-round leaves the round at once (its MQTT will); training goes on."""
+"""A device killed mid-round leaves the round at once (its MQTT will, confirmed by an unanswered
+ping); training goes on."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tests.integration.helpers import device_settings, edge_settings
 async def test_killed_device_is_dropped_at_once_and_training_completes(mosquitto):
     settings = edge_settings(
         mosquitto, rounds=2, min_devices=2, batch_size=8, batches_per_round=150,
-        round_timeout_s=120,
+        round_timeout_s=120, liveness_timeout_s=1.0,
     )  # fmt: skip
     edge = EdgeService(settings)
     survivor = DeviceAgent(device_settings(mosquitto, 0, 2))
@@ -52,8 +53,11 @@ async def test_killed_device_is_dropped_at_once_and_training_completes(mosquitto
     round_one = report.rounds[0]
     assert round_one.devices["dev-1"].status == "dropped"
     assert round_one.devices["dev-0"].status == "ok"
-    # The will arrives as soon as the broker sees the connection die: no deadline wait.
-    assert drop_latency_s[0] < 5.0
+    # The will arrives as soon as the broker sees the connection die, and the ping it makes the
+    # edge send goes unanswered: dropped then, not after the silence of 3 batch timeouts.
+    assert drop_latency_s[0] < 3 * settings.batch_timeout_s
+    assert edge.counters["liveness.pings"] >= 1
+    assert edge.counters["liveness.refuted"] == 0
     assert set(report.rounds[1].devices) == {"dev-0"}
     assert report.final_accuracy is not None
     assert report.final_accuracy > 0.5
