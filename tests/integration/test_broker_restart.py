@@ -67,3 +67,56 @@ async def test_training_survives_a_broker_restart_mid_round(mosquitto):
     assert report.final_accuracy is not None
     assert report.initial_accuracy is not None
     assert report.final_accuracy > report.initial_accuracy + 0.3
+
+
+async def test_a_gradient_lost_with_the_broker_is_recovered_at_reconnect(mosquitto):
+    """The broker acknowledged a gradient and died before delivering it: the device re-sends
+    its batch as soon as it (or the edge) is back, not after its batch timeout."""
+    fast = mqtt(mosquitto, **FAST_RECONNECT)
+    settings = edge_settings(
+        mosquitto, rounds=2, batch_size=16, split=2, batch_timeout_s=60.0,
+        deadline_floor_s=120.0, mqtt=fast,
+    )  # fmt: skip
+    edge = EdgeService(settings)
+    agent = DeviceAgent(device_settings(mosquitto, 0, 1, mqtt=fast))
+    publish = edge._publish_grad
+    lost: list[int] = []
+
+    async def lose_one_gradient(device_id: str, payload: bytes) -> None:
+        runner = edge._round
+        session = runner.devices[device_id].session if runner else None
+        if not lost and runner and runner.round_no == 1 and session and session.next_seq >= 5:
+            lost.append(session.next_seq - 1)  # acknowledged, then gone with the broker
+            return
+        await publish(device_id, payload)
+
+    edge._publish_grad = lose_one_gradient  # type: ignore[method-assign]
+    stall_s: list[float] = []
+
+    async def restart_broker_after_the_loss() -> None:
+        await wait_until(lambda: bool(lost))
+        runner = edge._round
+        assert runner is not None
+        session = runner.devices["dev-0"].session
+        assert session is not None
+        applied = session.next_seq
+        mosquitto.kill()
+        killed = time.perf_counter()
+        await asyncio.sleep(1.0)
+        mosquitto.restart()
+        # Before the fix this waited out the device's 60 s batch timeout.
+        await wait_until(lambda: session.next_seq > applied, timeout_s=45)
+        stall_s.append(time.perf_counter() - killed)
+        print(f"broker killed (gradient lost) to training moving again: {stall_s[0]:.2f} s")
+
+    async with asyncio.timeout(240), asyncio.TaskGroup() as tasks:
+        tasks.create_task(agent.run())
+        tasks.create_task(restart_broker_after_the_loss())
+        report = await edge.run()
+
+    assert stall_s
+    planned = -(-len(agent.data) // 16)
+    for round_report in report.rounds:
+        device = round_report.devices["dev-0"]
+        assert (device.status, device.batches) == ("ok", planned), round_report.round
+    assert edge.counters["batch_count_mismatch"] == 0
