@@ -170,8 +170,11 @@ def _round_time_figure(runs: Mapping[str, RunData]) -> Figure:
                 continue
             axes.plot([p[0] for p in points], [p[1].time_s for p in points], marker="o",
                       markersize=3, color=colours[device], label=device)  # fmt: skip
-            for status, marker, colour in (("straggler", "X", "red"), ("dropped", "v", "black")):
-                late = [(r, d.time_s) for r, d in points if d.status == status]
+            for statuses, marker, colour in (
+                (("straggler", "late"), "X", "red"),
+                (("dropped", "aborted"), "v", "black"),
+            ):
+                late = [(r, d.time_s) for r, d in points if d.status in statuses]
                 if late:
                     xs, ys = zip(*late, strict=True)
                     axes.scatter(xs, ys, marker=marker, s=70, color=colour, zorder=3)
@@ -182,8 +185,8 @@ def _round_time_figure(runs: Mapping[str, RunData]) -> Figure:
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.grid(alpha=0.3)
     panels[0].set_ylabel("device round time, s (start sent to part received)")
-    panels[0].scatter([], [], marker="X", color="red", label="straggler")
-    panels[0].scatter([], [], marker="v", color="black", label="dropped")
+    panels[0].scatter([], [], marker="X", color="red", label="straggler / late")
+    panels[0].scatter([], [], marker="v", color="black", label="dropped / aborted")
     panels[0].legend(fontsize="small")
     figure.suptitle("Round time per device")
     return figure

@@ -70,7 +70,7 @@ class DeviceRound:
     """One device in one round, as the edge reported it."""
 
     split: int
-    status: str  # ok, straggler or dropped
+    status: str  # ok, straggler, late, aborted or dropped (edge_service.rounds.Outcome)
     batches: int
     busy_s: float
     rtt_median_s: float | None
@@ -187,8 +187,8 @@ class PolicyMetrics:
     predicted_time_s: float  # sum over rounds of the plan's round time
     planned_objective: float | None  # mean of the plans' objectives (each on its run's scale)
     emulation_behind_s: float  # summed over rounds and devices
-    stragglers: int  # device-rounds closed at the deadline
-    dropped: int  # device-rounds that handed in nothing
+    stragglers: int  # device-rounds closed at the deadline (straggler or late)
+    dropped: int  # device-rounds that left early (dropped or aborted)
     splits: str  # the cuts used, e.g. "7", "3" or "1-5 (varies)"
 
     @property
@@ -259,8 +259,8 @@ def policy_metrics(run: RunData, target: float, wall_s: float | None = None) -> 
         emulation_behind_s=sum(
             d.emulation_behind_s for r in run.rounds for d in r.devices.values()
         ),
-        stragglers=statuses.count("straggler"),
-        dropped=statuses.count("dropped"),
+        stragglers=statuses.count("straggler") + statuses.count("late"),
+        dropped=statuses.count("dropped") + statuses.count("aborted"),
         splits=_splits(run),
     )
 

@@ -145,7 +145,7 @@ def _devices(view: EdgeView) -> Iterator[Any]:
 
 
 def _outcomes(report: RunReport) -> Iterator[Any]:
-    """Per-device round outcomes (ok, straggler, dropped) and device energy, over the run."""
+    """Per-device round outcomes (rounds.Outcome) and device energy, over the run."""
     outcomes = CounterMetricFamily(
         "ares_device_rounds", "Device rounds by outcome", labels=["device", "status"]
     )

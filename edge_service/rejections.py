@@ -20,6 +20,10 @@ class Counters:
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()
 
+    def restore(self, counts: dict[str, int]) -> None:
+        """Carry on from counts taken earlier (a resumed run's checkpoint)."""
+        self._counts.update(counts)
+
     def add(self, name: str, amount: int = 1) -> None:
         self._counts[name] += amount
 

@@ -15,7 +15,7 @@ class DeviceRoundReport:
     split: int
     predicted_time_s: float  # the planner's prediction for the round (cost model)
     predicted_energy_j: float
-    status: str  # ok, straggler or dropped
+    status: str  # ok, straggler, late, aborted or dropped (edge_service.rounds.Outcome)
     batches: int
     samples: int
     busy_s: float
@@ -36,6 +36,8 @@ class DeviceRoundReport:
     weights_s: float = 0.0
     # Measured at the edge: round start sent to the device's part received (None: no part).
     round_s: float | None = None
+    contributed: bool = False  # its part reached FedAvg (ok, or a straggler's partial part)
+    discarded_batches: int = 0  # batch steps applied this round that FedAvg never saw
 
 
 @dataclass
@@ -47,6 +49,7 @@ class RoundReport:
     duration_s: float
     objective: float  # the plan's alpha-weighted objective (normalised)
     devices: dict[str, DeviceRoundReport]
+    discarded_batches: int = 0  # over its devices: work thrown away (late, aborted, dropped)
 
 
 @dataclass
@@ -60,8 +63,11 @@ class RunReport:
     rounds: list[RoundReport] = field(default_factory=list)
     initial_accuracy: float | None = None
     final_accuracy: float | None = None
+    # The run's wall time: every edge process's, up to its last checkpoint, if it was resumed.
     wall_s: float = 0.0
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # over the run, resumes included
+    # Each resume from a checkpoint: after_round, session, checkpoint_at, resumed_at (time.time()).
+    resumed: list[dict[str, Any]] = field(default_factory=list)
     # The edge's event-loop lag (edge_service.loop_lag.LagStats): recent window and whole run.
     loop_lag: dict[str, float | int] | None = None
 

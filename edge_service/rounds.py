@@ -29,7 +29,11 @@ from splitnn.tensors import arrays_to_state
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["ok", "straggler", "dropped"]
+# ok: its part arrived in time and counts; straggler: closed at the deadline, its partial part
+# counts (count_partial); late: closed at the deadline and excluded (no part within the grace,
+# or partial parts do not count); aborted: the device gave the round up itself; dropped: it
+# vanished (offline, restarted, silent, unreachable). Only ok and straggler reach FedAvg.
+Outcome = Literal["ok", "straggler", "late", "aborted", "dropped"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class RoundContext:
     # Asks a late device to stop and upload what it has (a RoundClose on its control topic).
     close_device: Callable[[str], Awaitable[None]]
     close_grace_s: float  # how long a closed device has to upload its partial part
+    count_partial: bool  # whether such a partial part counts in FedAvg
     # Counts a rejected message and tells the device why: (device, exception, seq).
     reject: Callable[[str, Rejected, int | None], None]
 
@@ -67,8 +72,18 @@ class DeviceResult:
     behind_s: float = 0.0
     # Measured at the edge: from sending the round start to holding the device's part.
     round_s: float | None = None
-    state: dict[str, torch.Tensor] | None = None  # full model state after the round, if ok
+    state: dict[str, torch.Tensor] | None = None  # full model state after the round, if counted
     detail: str = ""
+
+    @property
+    def contributed(self) -> bool:
+        """Whether its work reaches FedAvg."""
+        return self.state is not None and self.samples > 0
+
+    @property
+    def discarded_batches(self) -> int:
+        """Batch steps the edge applied (or the device reported) that FedAvg never sees."""
+        return 0 if self.contributed else self.batches
 
 
 @dataclass
@@ -154,7 +169,7 @@ class RoundRunner:
                 await asyncio.wait(futures, timeout=timeout_s)
             await self._close_late_devices()
             for device in self.devices.values():
-                self._finish(device, "straggler", f"no upload within {timeout_s:.1f} s")
+                self._finish(device, "late", f"no part within {timeout_s:.1f} s and the grace")
             for worker in workers:
                 worker.cancel()
         return [d.result.result() for d in self.devices.values()]
@@ -200,13 +215,14 @@ class RoundRunner:
                 )
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise Rejected("not_finite", f"{name} contains NaN or Inf")
-        # Copy out of the payload: the state outlives the message.
-        state = {k: v.clone() for k, v in arrays_to_state(received).items()}
+        # A closed device's part is partial: it counts by the samples it processed, if at all.
+        status: Outcome = "ok"
+        if device.closing:
+            status = "straggler" if self.ctx.count_partial else "late"
         result = DeviceResult(
             device_id,
             device.split,
-            # A closed device's part is partial: it counts by the samples it processed.
-            "straggler" if device.closing else "ok",
+            status,
             busy_s=meta.busy_s,
             rtt_median_s=meta.rtt_median_s,
             uplink_s=meta.uplink_s,
@@ -214,13 +230,16 @@ class RoundRunner:
             behind_s=meta.behind_s,
             round_s=None if device.started is None else time.perf_counter() - device.started,
         )
+        counted = status != "late"
+        # Copy out of the payload: the state outlives the message.
+        state = {k: v.clone() for k, v in arrays_to_state(received).items()} if counted else {}
         if device.session is None:
             result.batches, result.samples, result.train_loss = (
                 meta.batches,
                 meta.samples,
                 meta.loss,
             )
-            result.state = state
+            result.state = state if counted else None
         else:
             stats = device.session.stats
             if stats.batches != meta.batches:
@@ -229,14 +248,16 @@ class RoundRunner:
             result.batches, result.samples = stats.batches, stats.samples
             result.server_s = stats.server_s
             result.train_loss = stats.loss_sum / stats.samples if stats.samples else None
-            result.state = merge_states(self.ctx.spec, state, device.session.state())
+            if counted:
+                result.state = merge_states(self.ctx.spec, state, device.session.state())
         device.result.set_result(result)
 
-    def drop(self, device_id: str, detail: str) -> None:
-        """The device vanished or restarted: it leaves the round now, not at the deadline."""
+    def drop(self, device_id: str, detail: str, status: Outcome = "dropped") -> None:
+        """The device vanished, restarted or gave up: it leaves the round now, not at the
+        deadline."""
         device = self.devices.get(device_id)
         if device is not None:
-            self._finish(device, "dropped", detail)
+            self._finish(device, status, detail)
 
     def _running(self, device_id: str) -> DeviceRound:
         device = self.devices.get(device_id)

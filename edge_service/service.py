@@ -194,6 +194,8 @@ class EdgeService:
             }
         )
         self._first_round = 1
+        self._wall_before_s = 0.0  # earlier processes' wall time (a resumed run)
+        self._run_started = time.perf_counter()
         self._link: MqttLink | None = None
         self._round: RoundRunner | None = None
         self._round_no = 0
@@ -227,6 +229,17 @@ class EdgeService:
         self.global_state = checkpoint.global_state
         self.report = RunReport.from_dict(checkpoint.report)
         self.report.session = self.session
+        # Counters and wall time carry on: the report covers the run, not this process.
+        self.counters.restore(self.report.counters)
+        self._wall_before_s = self.report.wall_s
+        self.report.resumed.append(
+            {
+                "after_round": checkpoint.round,
+                "session": self.session,
+                "checkpoint_at": checkpoint.created_at,
+                "resumed_at": time.time(),
+            }
+        )
         self.planner.resume(checkpoint.previous_splits)
         self._first_round = checkpoint.round + 1
         self._round_no = checkpoint.round
@@ -264,7 +277,7 @@ class EdgeService:
 
     async def run(self) -> RunReport:
         """Connect, train the configured rounds, tell the devices to stop; returns the report."""
-        started = time.perf_counter()
+        self._run_started = time.perf_counter()
         subscriptions = [(self.topics.all_devices(ch), 1) for ch in DEVICE_TO_EDGE]
         will = LastWill(self.topics.edge_status, to_json(self._status("stopped")))
         with (
@@ -301,7 +314,7 @@ class EdgeService:
                     dispatcher.cancel()
                     # Bounded: a stopping edge must exit promptly (SIGTERM), not wait out publishes.
                     await self._background.drain(SHUTDOWN_NOTICE_S)
-        self.report.wall_s = time.perf_counter() - started
+        self.report.wall_s = self._wall_s()
         self.report.counters = self.counters.snapshot()
         self._write_report()
         return self.report
@@ -363,14 +376,14 @@ class EdgeService:
             reject=self._reject_in_round,
             close_device=self._close_device,
             close_grace_s=settings.close_grace_s,
+            count_partial=settings.count_partial,
         )
         for round_no in range(self._first_round, settings.rounds + 1):
             await self._wait_for_devices(1, settings.registration_timeout_s)
             self._round_no = round_no
             started = time.perf_counter()
             plan, results = await self._run_round(ctx, round_no)
-            counted = ("ok", "straggler") if settings.count_partial else ("ok",)
-            ok = [r for r in results if r.status in counted and r.samples and r.state is not None]
+            ok = [r for r in results if r.contributed]
             if ok:
                 # In a worker thread: averaging hundreds of models blocks for a while.
                 self.global_state = await loop.run_in_executor(
@@ -536,6 +549,8 @@ class EdgeService:
                 train_loss=r.train_loss,
                 rtt_median_s=r.rtt_median_s,
                 round_s=None if r.round_s is None else round(r.round_s, 4),
+                contributed=r.contributed,
+                discarded_batches=r.discarded_batches,
                 **self._device_readout(r),
             )
             for r in results
@@ -552,10 +567,12 @@ class EdgeService:
                 duration_s=round(duration, 4),
                 objective=plan.objective,
                 devices=devices,
+                discarded_batches=sum(r.discarded_batches for r in results),
             )
         )
         self.report.final_accuracy = evaluation.accuracy
         self.report.counters = self.counters.snapshot()
+        self.report.wall_s = self._wall_s()  # so a checkpoint carries it
         self.report.loop_lag = self.loop_lag.stats().to_dict()  # written by _persist
         log.info(
             "round %d: accuracy %.4f loss %.4f in %.2f s", round_no, evaluation.accuracy,
@@ -609,6 +626,9 @@ class EdgeService:
                 down = record.measured_link[1] or up
         # Down with every round start; up only from a device whose part came back.
         return (bits / up if result.state is not None else 0.0), bits / down
+
+    def _wall_s(self) -> float:
+        return self._wall_before_s + time.perf_counter() - self._run_started
 
     def _write_report(self) -> None:
         self.report.loop_lag = self.loop_lag.stats().to_dict()
@@ -783,7 +803,7 @@ class EdgeService:
                 self._background.spawn(self._confirm_offline(device_id))
         elif status.state == "aborted":
             if self._round is not None and status.round == self._round.round_no:
-                self._round.drop(device_id, "the device gave up the round")
+                self._round.drop(device_id, "the device gave up the round", "aborted")
         else:
             record.state = status.state
 

@@ -576,6 +576,7 @@ async def open_round(edge: Edge) -> AsyncIterator[OpenRound]:
         reject=service._reject_in_round,
         close_device=service._close_device,
         close_grace_s=0.1,
+        count_partial=True,
     )
     train = TrainConfig(lr=0.01, batch_size=BATCH, batches=10**6, batch_timeout_s=30)
     round_no = 100 + _rounds_opened

@@ -58,3 +58,11 @@ async def test_edge_resumes_after_sigkill_and_training_completes(mosquitto, tmp_
         assert {d["status"] for d in entry["devices"].values()} == {"ok"}
     assert report["final_accuracy"] > report["initial_accuracy"] + 0.3
     assert all(agent.rounds_done >= ROUNDS for agent in agents)
+    # The report covers the whole run, not the restarted process: every applied batch step of
+    # the rounds it lists is counted, its wall time spans them, and it says where it resumed.
+    listed = sum(d["batches"] for r in report["rounds"] for d in r["devices"].values())
+    assert report["counters"]["batches"] == listed
+    assert report["wall_s"] >= sum(r["duration_s"] for r in report["rounds"])
+    (resumed,) = report["resumed"]
+    assert resumed["after_round"] >= 2
+    assert resumed["checkpoint_at"] <= resumed["resumed_at"]
