@@ -27,6 +27,7 @@ from broker.tasks import BackgroundTasks, cancel_and_wait
 from device_agent.drift import DeviceTimings, compute_time_s
 from device_agent.emulation import Emulation
 from device_agent.link_estimate import LinkEstimate
+from device_agent.profile_cache import HostTimings, ProfileCache, host_facts
 from device_agent.sensors import read_battery, read_board_power
 from device_agent.settings import DeviceSettings
 from device_agent.trainer import DeviceTrainer
@@ -63,8 +64,9 @@ from schemas import (
 )
 from schemas.messages import DeviceState
 from splitnn.data import load_dataset, shard
-from splitnn.models import ModelSpec
+from splitnn.models import ModelSpec, architecture_fingerprint, num_blocks
 from splitnn.profiling import profile_blocks
+from splitnn.tensors import warm_up_torch
 from testbed.profiles import Phase
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,9 @@ class DeviceAgent:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.device_id}-compute")
         self._background = BackgroundTasks()
         self._profiled: DeviceTimings | None = None  # our block timings, profiled at registration
+        self._profile_cache = (
+            ProfileCache(settings.profile_cache_dir) if settings.profile_cache else None
+        )
         self._timings: ComputeProfile | None = None  # as we run them now: what the edge plans with
         self.link = LinkEstimate.new()
         self.emulation = Emulation(settings)
@@ -170,6 +175,9 @@ class DeviceAgent:
             self.settings.mqtt, f"ares-dev-{self.device_id}", subscriptions,
             will=will, on_connect=self._announce, shaper=self.emulation.shaper,
         )  # fmt: skip
+        # torch's one-time costs (seconds of lazy imports) in the compute thread, while we
+        # connect and register: the first batch must not carry them, nor must the hello wait.
+        warming = asyncio.ensure_future(self._compute(warm_up_torch))
         try:
             self._link = link  # before connecting: on_connect publishes through it
             async with link, asyncio.TaskGroup() as tasks:
@@ -193,6 +201,7 @@ class DeviceAgent:
                         async with asyncio.timeout(2.0):
                             await self._publish_status("offline")
         finally:
+            warming.cancel()
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- inbound --------------------------------------------------------------------------------
@@ -303,7 +312,7 @@ class DeviceAgent:
         tally = RoundTally()
         try:
             await self._compute(self.trainer.start_round, start, frame.tensors)
-            await self._compute(self.emulation.prepare, start.model.name)
+            await self._compute(self.emulation.prepare, start.model.name, self._host_timings)
             await self._publish_status("training", round_no)
             log.info("%s: round %d, cut %d, %d batches", self.device_id, round_no, start.split,
                      train.batches)  # fmt: skip
@@ -467,8 +476,12 @@ class DeviceAgent:
         known = self._profiled
         if known is None or (known.host.model, known.host.batch_size) != (model.name, batch_size):
             spec = ModelSpec(model.name, model.in_channels, model.image_size, model.num_classes)
-            measured = await self._compute(profile_blocks, spec, batch_size)
-            await self._compute(self.emulation.prepare, model.name)
+            # A cached profile is read beside the compute thread, which may still be warming up.
+            measured = await asyncio.to_thread(self._cached_timings, spec, batch_size)
+            if measured is None:
+                measured = await self._compute(self._host_timings, spec, batch_size)
+            if self.emulation.emulates_compute:
+                await self._compute(self.emulation.prepare, model.name, self._host_timings)
             host = ComputeProfile(
                 model=model.name, batch_size=batch_size,
                 forward_s=measured.forward_s, backward_s=measured.backward_s,
@@ -487,6 +500,30 @@ class DeviceAgent:
                      sum(self._timings.forward_s), sum(self._timings.backward_s),
                      batch_size)  # fmt: skip
         await self._publish_telemetry()
+
+    def _host_timings(self, spec: ModelSpec, batch_size: int) -> HostTimings:
+        """This host's block timings: from the profile cache, else measured (and cached)."""
+        cached = self._cached_timings(spec, batch_size)
+        if cached is not None:
+            return cached
+        measured = profile_blocks(spec, batch_size)
+        timings = HostTimings(measured.forward_s, measured.backward_s)
+        if self._profile_cache is not None:
+            self._profile_cache.store(self._cache_key(spec, batch_size), timings)
+        return timings
+
+    def _cached_timings(self, spec: ModelSpec, batch_size: int) -> HostTimings | None:
+        if self._profile_cache is None:
+            return None
+        cached = self._profile_cache.load(self._cache_key(spec, batch_size), num_blocks(spec))
+        if cached is not None:
+            log.info("%s: block timings of %s from the profile cache", self.device_id, spec.name)
+        return cached
+
+    @staticmethod
+    def _cache_key(spec: ModelSpec, batch_size: int) -> str:
+        facts = host_facts(torch.__version__, torch.get_num_threads())
+        return ProfileCache.key(architecture_fingerprint(spec), batch_size, facts)
 
     async def _publish_telemetry(
         self, round_no: int | None = None, tally: RoundTally | None = None

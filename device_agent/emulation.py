@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from broker.shaping import LinkShaper
 from device_agent.settings import DeviceSettings
@@ -22,6 +23,15 @@ from splitnn.profiling import profile_blocks
 from testbed.battery import EmulatedBattery
 from testbed.profiles import ComputePacer, Phase, get_profile, pad
 from testbed.schedule import RateSchedule, parse_schedule
+
+# A model's per-block (forward, backward) seconds per batch on this host.
+HostProfiler = Callable[[ModelSpec, int], tuple[tuple[float, ...], tuple[float, ...]]]
+
+
+def _profile(spec: ModelSpec, batch: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    measured = profile_blocks(spec, batch)
+    return measured.forward_s, measured.backward_s
+
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +73,19 @@ class Emulation:
             compute_w=p.power_compute_w, transmit_w=p.power_transmit_w, receive_w=p.power_receive_w
         )
 
-    def prepare(self, model: str) -> None:
+    def prepare(self, model: str, measure: HostProfiler = _profile) -> None:
         """Measure the host on the profile's reference model, once, if ``model`` needs it.
 
-        Runs in the compute thread: a profile of the reference model takes about a second.
+        Runs in the compute thread: a profile of the reference model takes about a second
+        (``measure`` may take it from the agent's profile cache instead).
         """
         if not self.emulates_compute or self._pacer.can_pace(model):
             return
         reference = ModelSpec(self.profile.reference_model, 3, 32, 10)
-        host = profile_blocks(reference, self.profile.reference_batch)
         self._pacer = ComputePacer(
             self.profile,
             time_scale=self.time_scale,
-            host_reference=(host.forward_s, host.backward_s),
+            host_reference=measure(reference, self.profile.reference_batch),
         )
 
     def target_s(

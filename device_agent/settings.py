@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from broker.link import MqttSettings
+from device_agent.profile_cache import default_cache_dir
 from schemas.config_file import ServiceSettings
 from schemas.topics import validate_device_id
 
@@ -53,6 +54,10 @@ class DeviceSettings(ServiceSettings):
     torch_threads: int | None = Field(default=None, ge=1)
     grad_retries: int = Field(default=3, ge=0)  # re-sends of a batch whose gradient is late
     telemetry_interval_s: float = Field(default=15.0, gt=0)
+    # Block timings measured here are kept for the same model, batch size and host, so a
+    # restarted agent rejoins without profiling again (device_agent.profile_cache).
+    profile_cache: bool = True
+    profile_cache_dir: Path = Field(default_factory=default_cache_dir)
     sysfs_root: Path = Path("/")  # where /sys is (tests point it at a fake tree)
     exit_on_finish: bool = False
 

@@ -13,7 +13,7 @@ from schemas import RoundStart
 from splitnn.data import ArrayDataset, BatchStream
 from splitnn.models import ModelSpec, num_blocks
 from splitnn.partition import build_part, load_part_state
-from splitnn.tensors import arrays_to_state, from_numpy, state_to_arrays, to_numpy, warm_up_torch
+from splitnn.tensors import arrays_to_state, from_numpy, state_to_arrays, to_numpy
 
 
 class DeviceTrainer:
@@ -27,7 +27,6 @@ class DeviceTrainer:
         self._wire_dtype = torch.float32
         self.trains_whole_model = False
         self.loss_fn = nn.CrossEntropyLoss()
-        warm_up_torch()
 
     def start_round(self, start: RoundStart, state: dict[str, np.ndarray]) -> None:
         """Build the device part for this round's cut from the edge's weights."""

@@ -7,6 +7,7 @@ so every state-dict key starts with its block index (``"5.1.weight"``); partitio
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -124,8 +125,9 @@ def build_model(spec: ModelSpec) -> nn.Sequential:
 
 
 @functools.lru_cache(maxsize=64)
-def _probe(spec: ModelSpec) -> tuple[tuple[tuple[int, ...], ...], tuple[str, ...]]:
-    """Per-block output shapes and the state-dict keys, from one throwaway model."""
+def _probe(spec: ModelSpec) -> tuple[tuple[tuple[int, ...], ...], tuple[str, ...], str]:
+    """Per-block output shapes, the state-dict keys and the architecture fingerprint, from one
+    throwaway model."""
     # Building draws from torch's global RNG; fork it so probing never shifts the caller's seed.
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         model = build_model(spec).eval()
@@ -134,7 +136,24 @@ def _probe(spec: ModelSpec) -> tuple[tuple[tuple[int, ...], ...], tuple[str, ...
         for block in model:
             x = block(x)
             shapes.append(tuple(x.shape[1:]))
-        return tuple(shapes), tuple(model.state_dict())
+        return tuple(shapes), tuple(model.state_dict()), fingerprint_module(model)
+
+
+def fingerprint_module(model: nn.Module) -> str:
+    """A hash of the architecture: every module's type, every parameter's and buffer's name,
+    shape and dtype. Equal fingerprints mean weights and profiles carry over; the values of
+    the weights do not count."""
+    digest = hashlib.sha256()
+    for name, module in model.named_modules():
+        digest.update(f"m {name} {type(module).__module__}.{type(module).__qualname__}\n".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"t {name} {tuple(tensor.shape)} {tensor.dtype}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def architecture_fingerprint(spec: ModelSpec) -> str:
+    """The fingerprint (``fingerprint_module``) of the model ``spec`` builds."""
+    return _probe(spec)[2]
 
 
 def num_blocks(spec: ModelSpec) -> int:

@@ -16,6 +16,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.broker)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_profile_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Device agents (in-process and child processes alike) cache block timings in a folder
+    of this run's, never in the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("profile-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ARES_PROFILE_CACHE_DIR", str(folder))
+        yield
+
+
 @pytest.fixture
 def mosquitto() -> Iterator[LocalBroker]:
     """A started LocalBroker on a free loopback port, stopped after the test.

@@ -295,3 +295,14 @@ def test_a_larger_data_share_takes_consecutive_shards():
     double = shard(ds, 4, 1, scheme="iid", seed=1, count=2)
     assert len(double) == len(parts[1]) + len(parts[2])
     np.testing.assert_array_equal(double.y, np.concatenate([parts[1].y, parts[2].y]))
+
+
+def test_digits_read_from_the_bundled_file_equal_scikit_learns():
+    from sklearn.datasets import load_digits
+
+    from splitnn.data import digits_arrays
+
+    images, target = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images)
+    assert np.array_equal(target, bunch.target)
