@@ -18,7 +18,7 @@ from typing import Any
 
 from broker.config import MQTT_MAX_PACKET_SIZE
 from schemas.config_file import toml_value
-from schemas.topics import DEFAULT_PREFIX, DEVICE_TO_EDGE, EDGE_TO_DEVICE, Topics
+from schemas.topics import DEFAULT_PREFIX, DEVICE_TO_EDGE, EDGE_TO_DEVICE, DeviceChannel, Topics
 
 EDGE_USER = "ares-edge"
 INSPECTOR_USER = "inspector"
@@ -240,6 +240,8 @@ def render_acl(prefix: str = DEFAULT_PREFIX) -> str:
         "# lines apply to every user.",
         *(f"pattern write {device}/{channel.value}" for channel in DEVICE_TO_EDGE),
         *(f"pattern read {device}/{channel.value}" for channel in EDGE_TO_DEVICE),
+        "# A device reads its own retained status too, to correct a stale offline (an old will).",
+        f"pattern read {device}/{DeviceChannel.STATUS.value}",
         "# No %u here, so Mosquitto's start-up warning about such a pattern is expected.",
         f"pattern read {topics.prefix}/edge/#",
         "",
