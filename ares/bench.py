@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ares.bench_report import final_table, render_summary, summarise
 from ares.demo import DemoOptions, RunResult, run_once
+from planner.policies import POLICIES as EDGE_POLICIES
 from testbed.scenario import (
     Scenario,
     ScheduleSpec,
@@ -44,7 +45,7 @@ from testbed.schedule import parse_schedule
 
 if TYPE_CHECKING:  # torch and matplotlib load only when a bench runs, not with every command
     from device_agent.emulation import Emulation
-    from edge_service.planning import DeviceReadings, PlanDefaults, Policy
+    from edge_service.planning import DeviceReadings, PlanDefaults
     from splitnn.profiling import BlockProfile
 
 __all__ = [
@@ -57,7 +58,8 @@ __all__ = [
     "run_bench",
 ]
 
-POLICIES = ("ares", "fl", "sl-best", "sl-first", "static")
+# The edge's policies, but sl in two flavours: at the cost model's best shared cut and at cut 1.
+POLICIES = tuple(sorted({*EDGE_POLICIES.names(), "sl-best", "sl-first"} - {"sl"}))
 QUICK_ROUNDS = 2
 QUICK_BATCHES = 3
 
@@ -434,7 +436,7 @@ class ScenarioPlanInputs:
     readings: dict[str, DeviceReadings]
     defaults: PlanDefaults
 
-    def objective(self, policy: Policy, cut: int = 1) -> float | None:
+    def objective(self, policy: str, cut: int = 1) -> float | None:
         """The plan's objective for ``policy`` (``sl`` at ``cut``); None if infeasible."""
         from edge_service.planning import SplitPlanner
         from planner import PlanningError

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from planner.policies import POLICIES
+
 __all__ = [
     "TARGET_FRACTION",
     "BenchReportError",
@@ -620,12 +622,8 @@ def _load(values: Sequence[float] | None) -> str:
 
 def _policy_notes(settings: Mapping[str, Any]) -> list[str]:
     notes = ["Policies:", ""]
-    described = {
-        "ares": "ARES: every device's cut re-planned every round from the latest telemetry.",
-        "static": "static: planned once by the same solver, kept while the devices stay.",
-        "fl": "fl: federated learning, every block on the device.",
-        "sl-first": "sl-first: classic split learning at cut 1 for every device.",
-    }
+    described = {name: f"{name}: {summary}." for name, summary in POLICIES.summaries().items()}
+    described["sl-first"] = "sl-first: classic split learning at cut 1 for every device."
     for name in settings["policies"]:
         if name == "sl-best":
             choice = settings.get("sl_best", {})

@@ -26,6 +26,7 @@ from ares.plan_command import add_plan_parser
 from broker.binary import ENV_VAR as MOSQUITTO_ENV
 from broker.errors import BrokerError
 from broker.link import LinkError
+from planner.policies import POLICIES
 from schemas.config_file import (
     CONFIG_ENV,
     ENV_PREFIX,
@@ -200,8 +201,9 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, help="rounds of training")
     p.add_argument(
         "--policy",
-        choices=["ares", "static", "fl", "sl"],
-        help="ares: re-plan every round; static: plan once; fl: all on device; sl: --split",
+        help="how cuts are chosen: "
+        + "; ".join(f"{name}: {summary}" for name, summary in POLICIES.summaries().items())
+        + "; or your own as package.module:Class",
     )
     p.add_argument("--alpha", type=float, help="0: save device energy .. 1: save time")
     p.add_argument(

@@ -40,7 +40,9 @@ def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[b
         )
 
 
-async def one_restart(devices: int, kill_round: int, rounds: int, run_dir: Path) -> dict[str, float]:
+async def one_restart(
+    devices: int, kill_round: int, rounds: int, run_dir: Path
+) -> dict[str, float]:
     topics = Topics("ares/v1")
     with LocalBroker() as broker:
         env = {**os.environ, "ARES_MQTT__URL": broker.url, "ARES_TORCH_THREADS": "1"}
@@ -66,9 +68,10 @@ async def one_restart(devices: int, kill_round: int, rounds: int, run_dir: Path)
         ]  # fmt: skip
         marks: dict[str, float] = {}
         try:
-            async with asyncio.timeout(240), MqttLink(
-                MqttSettings(url=broker.url), "restart-bench", watch
-            ) as link:
+            async with (
+                asyncio.timeout(240),
+                MqttLink(MqttSettings(url=broker.url), "restart-bench", watch) as link,
+            ):
                 restarted_at: float | None = None
                 async for message in link.messages():
                     if message.topic == topics.edge_status and restarted_at is None:

@@ -48,6 +48,7 @@ from benchutil import (
 )
 
 from broker import BrokerConfig, LocalBroker
+from planner.policies import POLICIES
 from splitnn.data import load_dataset
 from splitnn.models import ModelSpec, cut_shapes
 
@@ -407,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", type=int, default=1)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--policy", default="sl", choices=["ares", "static", "fl", "sl"])
+    parser.add_argument("--policy", default="sl", choices=POLICIES.names())
     parser.add_argument("--batch-timeout-s", type=float, default=5.0)
     parser.add_argument("--per-process", type=int, default=100, help="light devices a process")
     parser.add_argument("--cprofile", action="store_true", help="profile the edge's loop thread")

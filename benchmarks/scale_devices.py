@@ -57,6 +57,7 @@ from schemas import (
     Frame,
     GradientMeta,
     Hello,
+    Ping,
     RoundAbort,
     RoundClose,
     RoundStart,
@@ -232,11 +233,18 @@ class LightDevice:
             self._on_ctrl(parse_ctrl(frame.meta), frame)
 
     def _on_ctrl(
-        self, message: Welcome | RoundStart | RoundClose | RoundAbort | Finish, frame: Frame
+        self,
+        message: Welcome | RoundStart | RoundClose | RoundAbort | Ping | Finish,
+        frame: Frame,
     ) -> None:
         if isinstance(message, Welcome):
             self.edge_session = message.session
             self._background.spawn(self._telemetry(profile=message))
+        elif isinstance(message, Ping):  # the edge checks an offline status: we are here
+            training = self._training is not None and not self._training.done()
+            self._background.spawn(
+                self._status("training" if training else "idle", nonce=message.nonce)
+            )
         elif isinstance(message, RoundStart):
             self._cancel_training()
             self.tally.round_starts += 1
@@ -383,8 +391,10 @@ class LightDevice:
                     await self._telemetry()
             await asyncio.sleep(interval)
 
-    async def _status(self, state: DeviceState, round_no: int | None = None) -> None:
-        status = DeviceStatus(device_id=self.device_id, state=state, round=round_no)
+    async def _status(
+        self, state: DeviceState, round_no: int | None = None, *, nonce: str | None = None
+    ) -> None:
+        status = DeviceStatus(device_id=self.device_id, state=state, round=round_no, nonce=nonce)
         topic = self.topics.device(self.device_id, DeviceChannel.STATUS)
         await self._publish(topic, to_json(status), retain=True)
 

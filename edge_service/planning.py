@@ -1,11 +1,8 @@
 """Choosing every device's split point for a round, by policy, from the latest readings.
 
-Policies (all priced with the same ARES cost model, so every report carries predictions):
-
-- ``ares``: re-planned every round (exact optimum, then hysteresis against the last plan);
-- ``static``: planned once, re-planned only when the set of devices changes;
-- ``fl``: every block on the device (federated learning);
-- ``sl``: one fixed cut for all (classic split learning), with optional per-device overrides.
+The policies themselves live in ``planner.policies`` (one class each, one registry); this module
+turns the edge's readings into the cost table they decide from, and their plan into plan
+entries. All are priced with the same ARES cost model, so every report carries predictions.
 
 Inputs fall back in a fixed order and the plan says which was used for each device: a device's
 own measured block times, else the edge's own times (``assumed``); declared power and link rates,
@@ -16,24 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
-from planner import (
-    CostTable,
-    DeviceProfile,
-    ModelProfile,
-    Plan,
-    ServerProfile,
-    cost_table,
-    plan_for_cuts,
-    solve,
-    stabilise,
-)
+from planner import DeviceProfile, ModelProfile, ServerProfile, cost_table
+from planner.policies import POLICIES, PolicyInputs
 from schemas import ComputeProfile, DevicePlanEntry, PowerFigures
 from splitnn.profiling import BlockProfile
-
-Policy = Literal["ares", "static", "fl", "sl"]
-POLICIES: tuple[Policy, ...] = ("ares", "static", "fl", "sl")
 
 
 @dataclass(frozen=True)
@@ -62,7 +46,7 @@ class PlanDefaults:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    policy: Policy
+    policy: str  # its name in planner.policies.POLICIES
     alpha: float
     objective: float
     devices: dict[str, DevicePlanEntry]
@@ -82,7 +66,7 @@ class SplitPlanner:
     def __init__(
         self,
         *,
-        policy: Policy,
+        policy: str,  # a name in planner.policies.POLICIES (or package.module:Class)
         alpha: float,
         model_name: str,
         server: BlockProfile,
@@ -91,6 +75,7 @@ class SplitPlanner:
         fixed_splits: Mapping[str, int],
     ) -> None:
         self.policy = policy
+        self._policy = POLICIES.create(policy)  # one instance per run: it may keep state
         self.alpha = alpha
         self.model_name = model_name
         self.server = server
@@ -108,13 +93,11 @@ class SplitPlanner:
             sync_weights=True,  # the device part's weights travel every round: count them
         )
         self._previous: dict[str, int] = {}
-        self._static: dict[str, int] | None = None
 
     def resume(self, previous_splits: Mapping[str, int]) -> None:
         """Carry on from a checkpoint: the last plan, for hysteresis (and a static plan)."""
         self._previous = dict(previous_splits)
-        if self.policy == "static" and previous_splits:
-            self._static = dict(previous_splits)
+        self._policy.resume(self._previous)
 
     def plan(self, devices: Mapping[str, DeviceReadings]) -> RoundPlan:
         if not devices:
@@ -125,7 +108,16 @@ class SplitPlanner:
             ServerProfile(self.server.forward_s, self.server.backward_s),
             self.model,
         )
-        plan = self._decide(table, list(devices))
+        plan = self._policy.decide(
+            PolicyInputs(
+                table=table,
+                alpha=self.alpha,
+                previous=self._previous,
+                fixed_cut=self.fixed_split,
+                fixed_cuts=self.fixed_splits,
+                sync_weights=self.model.sync_weights,
+            )
+        )
         entries = {
             a.device_id: DevicePlanEntry(
                 split=a.cut,
@@ -144,26 +136,6 @@ class SplitPlanner:
             objective=plan.objective,
             devices=entries,
             sitting_out=tuple(sorted(plan.sitting_out)),
-        )
-
-    def _decide(self, table: CostTable, device_ids: list[str]) -> Plan:
-        if self.policy == "fl":
-            return plan_for_cuts(table, self.alpha, self.blocks, reason="federated learning")
-        if self.policy == "sl":
-            cuts = {d: self.fixed_splits.get(d, self.fixed_split) for d in device_ids}
-            return plan_for_cuts(table, self.alpha, cuts, reason="fixed split (configuration)")
-        if self.policy == "static":
-            if self._static is None or set(self._static) != set(device_ids):
-                self._static = dict(solve(table, self.alpha).cuts)
-            return plan_for_cuts(table, self.alpha, self._static, reason="planned once (static)")
-        candidate = solve(table, self.alpha)
-        # With sync_weights every round start carries the device part's weights and every round
-        # end brings them back, and each cut's row prices that. A new cut then moves no byte its
-        # own row leaves out: charging the blocks' transfer again would hold a device on a cut
-        # the plan knows is worse. Only the noise margin remains.
-        move_s_per_byte = 0.0 if self.model.sync_weights else None
-        return stabilise(
-            self._previous or None, candidate, table, self.alpha, move_s_per_byte=move_s_per_byte
         )
 
     def _profile(self, device_id: str, readings: DeviceReadings) -> tuple[DeviceProfile, str]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from broker.link import MqttSettings
-from edge_service.planning import Policy
+from planner.policies import POLICIES
 from schemas.config_file import ServiceSettings
 from schemas.topics import validate_device_id
 
@@ -28,8 +28,9 @@ class EdgeSettings(ServiceSettings):
     min_devices: int = Field(default=1, ge=1)
     registration_timeout_s: float = Field(default=120.0, gt=0)
 
-    # How split points are chosen (see edge_service.planning): ares, static, fl or sl.
-    policy: Policy = "ares"
+    # How split points are chosen: a name in planner.policies.POLICIES (ares, static, fl, sl,
+    # or one registered by the user) or package.module:Class.
+    policy: Annotated[str, AfterValidator(POLICIES.check)] = "ares"
     alpha: float = Field(default=0.5, ge=0, le=1)  # weight of time against device energy
     # The sl policy's cuts: one for every device, overridden per device id. None = the middle cut.
     split: int | None = Field(default=None, ge=1)

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from planner.policies import POLICIES
 from schemas.documents import DocumentError, read_document, validation_problems
 from schemas.topics import validate_device_id
 
@@ -54,7 +55,7 @@ class Scenario(BaseModel):
     model: str = "small_cnn"
     dataset: str = "digits"
     data_dir: Path | None = None
-    policy: Literal["ares", "static", "fl", "sl"] = "ares"
+    policy: Annotated[str, AfterValidator(POLICIES.check)] = "ares"
     alpha: float = Field(default=0.5, ge=0, le=1)
     split: int | None = Field(default=None, ge=1)
     rounds: int = Field(default=10, ge=1)
