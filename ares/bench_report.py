@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from planner.policies import POLICIES
+from schemas.errors import AresError
 
 __all__ = [
     "TARGET_FRACTION",
@@ -60,7 +61,7 @@ MISPREDICTION = 0.25
 TIE = 0.01  # objectives closer than this (relative) count as a tie
 
 
-class BenchReportError(ValueError):
+class BenchReportError(AresError, ValueError):
     """A run report that lacks what the bench needs; says which policy and which field."""
 
 

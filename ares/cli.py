@@ -24,8 +24,6 @@ from ares.broker_command import add_broker_parser
 from ares.demo_command import DemoHelpFormatter
 from ares.plan_command import add_plan_parser
 from broker.binary import ENV_VAR as MOSQUITTO_ENV
-from broker.errors import BrokerError
-from broker.link import LinkError
 from planner.policies import POLICIES
 from schemas.config_file import (
     CONFIG_ENV,
@@ -38,6 +36,7 @@ from schemas.config_file import (
     setting_sources,
     show_settings,
 )
+from schemas.errors import AresError
 from testbed.scenario import shipped_scenarios
 
 if TYPE_CHECKING:
@@ -67,8 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"ares {args.command}: invalid settings:\n{describe_error(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, LinkError, BrokerError) as exc:
-        # Bad cuts, missing datasets, unreachable brokers: a clear line, not a traceback.
+    except (AresError, ValueError, OSError) as exc:
+        # Every error of ours (bad cuts, missing datasets, unreachable brokers, a bad
+        # checkpoint...) and the system's own: a clear line, not a traceback.
         print(f"ares {args.command}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
     except KeyboardInterrupt:

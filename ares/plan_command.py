@@ -35,6 +35,7 @@ from planner import (
 )
 from planner.inputs import plan_inputs_from_dict
 from schemas.documents import DocumentError, read_document
+from schemas.errors import AresError
 from testbed.scenario import (
     Scenario,
     load_scenario,
@@ -59,7 +60,7 @@ _DESCRIPTION = (
 )
 
 
-class PlanCommandError(Exception):
+class PlanCommandError(AresError):
     """A problem with the command's input, reported as one line (exit status 2)."""
 
 

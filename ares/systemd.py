@@ -49,13 +49,15 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Protocol, Self
 
+from schemas.errors import AresError
+
 log = logging.getLogger(__name__)
 
 STATUS_POLL_S = 2.0  # how often the status line is compared (and sent when it changed)
 RECHECK_S = 0.5  # while unhealthy: how soon to look again, so pings resume promptly
 
 
-class SystemdError(ValueError):
+class SystemdError(AresError, ValueError):
     """The systemd environment variables hold something we cannot use."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from schemas.errors import AresError
 
-class BrokerError(RuntimeError):
+
+class BrokerError(AresError, RuntimeError):
     """The local broker could not be started, reached, or stopped."""
 
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from broker.shaping import LinkShaper
 from broker.tasks import BackgroundTasks, cancel_and_wait
 from broker.urls import parse_broker_url
+from schemas.errors import AresError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ STOP_TIMEOUT_S = 2.0  # how long closing a link waits for the broker to see us g
 PENDING_CALLS_WARNING = 1000  # in-flight calls before aiomqtt warns; see _make_client
 
 
-class LinkError(RuntimeError):
+class LinkError(AresError, RuntimeError):
     """The broker could not be reached, or a publish did not complete in time."""
 
 

@@ -16,6 +16,8 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from schemas.errors import AresError
+
 PBKDF2_SHA512 = "7"  # Mosquitto's hash type id
 # mosquitto_passwd's own default. The passwords we generate carry 256 random bits, which no
 # iteration count would strengthen; a low one keeps every CONNECT cheap for the broker.
@@ -26,7 +28,7 @@ HASH_BYTES = 64  # SHA-512 output
 PASSWORD_BYTES = 32
 
 
-class PasswordFileError(ValueError):
+class PasswordFileError(AresError, ValueError):
     """A password-file line or user name that Mosquitto would not accept."""
 
 

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from schemas.errors import AresError
+
 CA_DAYS = 3650
 # 825 days: the longest server certificate validity some clients (Apple's) still accept.
 LEAF_DAYS = 825
@@ -27,7 +29,7 @@ CLOCK_SKEW = datetime.timedelta(minutes=5)  # devices whose clocks lag a little 
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
-class PkiError(ValueError):
+class PkiError(AresError, ValueError):
     """A certificate request that cannot be honoured (bad host name, mismatched CA key)."""
 
 

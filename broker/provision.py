@@ -18,6 +18,7 @@ from typing import Any
 
 from broker.config import MQTT_MAX_PACKET_SIZE
 from schemas.config_file import toml_value
+from schemas.errors import AresError
 from schemas.topics import DEFAULT_PREFIX, DEVICE_TO_EDGE, EDGE_TO_DEVICE, DeviceChannel, Topics
 
 EDGE_USER = "ares-edge"
@@ -35,7 +36,7 @@ MIN_QUEUED_BYTES = 256 * MIB
 QUEUED_LARGEST_MESSAGES = 4
 
 
-class ProvisionError(ValueError):
+class ProvisionError(AresError, ValueError):
     """A setup that cannot be rendered; the message names the offending value."""
 
 

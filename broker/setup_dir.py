@@ -41,6 +41,7 @@ from broker.provision import (
     render_mosquitto_conf,
     render_setup,
 )
+from schemas.errors import AresError
 from schemas.topics import validate_device_id
 
 PRIVATE = 0o600  # keys and anything holding a password
@@ -48,7 +49,7 @@ PUBLIC = 0o644
 DEFAULT_DEVICE_CA_PATH = PurePosixPath("/etc/ares/ca.crt")
 
 
-class SetupError(ValueError):
+class SetupError(AresError, ValueError):
     """The directory cannot be (re)initialised or added to; the message says why."""
 
 

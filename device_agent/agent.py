@@ -62,6 +62,7 @@ from schemas import (
     to_json,
     to_meta,
 )
+from schemas.errors import AresError
 from schemas.messages import DeviceState
 from splitnn.data import load_dataset, shard
 from splitnn.models import ModelSpec, architecture_fingerprint, num_blocks
@@ -79,7 +80,7 @@ COMPUTE_STALL_S = 600.0
 T = TypeVar("T")
 
 
-class RoundFailed(RuntimeError):
+class RoundFailed(AresError, RuntimeError):
     """The round cannot go on on this device (the edge stopped answering)."""
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from schemas.errors import AresError
+
 CHECKPOINT_VERSION = 1
 FORMAT = "ares-edge-checkpoint"
 _TEMP_SUFFIX = ".tmp"
@@ -45,7 +47,7 @@ _FIELDS: Mapping[str, type | tuple[type, ...]] = {
 }
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(AresError, RuntimeError):
     """A checkpoint cannot be written, read, or resumed from; the message says why."""
 
 

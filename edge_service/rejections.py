@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from schemas.errors import AresError
 
-class Rejected(Exception):
+
+class Rejected(AresError):
     """An inbound message that the edge refuses; ``reason`` is a short code for counters."""
 
     def __init__(self, reason: str, detail: str) -> None:

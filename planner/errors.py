@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from schemas.errors import AresError
 
-class PlanningError(ValueError):
+
+class PlanningError(AresError, ValueError):
     """Raised for inputs the planner cannot work with.
 
     ``field`` names the offending input (a dataclass field, a function argument or a device id) so

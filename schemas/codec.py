@@ -20,6 +20,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from schemas.errors import AresError
+
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_META_BYTES = 64 * 1024
 MAX_TENSORS = 4096
@@ -34,7 +36,7 @@ SUPPORTED_DTYPES: Mapping[str, np.dtype[Any]] = {
 _HEADER_KEYS = frozenset({"name", "dtype", "shape"})
 
 
-class CodecError(ValueError):
+class CodecError(AresError, ValueError):
     """A frame could not be encoded or decoded; ``reason`` is a short machine-readable code."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -34,6 +34,7 @@ from pydantic_settings import (
 )
 
 from schemas.documents import error_text
+from schemas.errors import AresError
 
 CONFIG_ENV = "ARES_CONFIG"
 ENV_PREFIX = "ARES_"
@@ -48,7 +49,7 @@ _config_file: ContextVar[Path | None] = ContextVar("ares_config_file", default=N
 _config_env: ContextVar[bool] = ContextVar("ares_config_env", default=True)
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(AresError, ValueError):
     """The config file is missing, unreadable or not of a known format."""
 
 
@@ -150,7 +151,7 @@ def load_settings(cls: type[S], config_file: Path | None = None, **flags: Any) -
 # --- showing settings back ------------------------------------------------------------------------
 
 
-class SettingsError(ValueError):
+class SettingsError(AresError, ValueError):
     """Invalid settings, each named with where its value came from (one line)."""
 
 

@@ -17,8 +17,10 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from schemas.errors import AresError
 
-class DocumentError(ValueError):
+
+class DocumentError(AresError, ValueError):
     """A document that cannot be read, parsed or validated; the message is one line."""
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from schemas.errors import AresError
 from schemas.topics import validate_device_id
 
 PROTOCOL_VERSION: Literal[1] = 1
@@ -27,7 +28,7 @@ EdgeState = Literal["starting", "waiting", "training", "evaluating", "finished",
 DeviceState = Literal["online", "idle", "training", "aborted", "offline"]
 
 
-class SchemaError(ValueError):
+class SchemaError(AresError, ValueError):
     """A message does not match its schema; ``reason`` is a short machine-readable code."""
 
     def __init__(self, reason: str, detail: str) -> None:

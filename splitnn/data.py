@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from schemas.errors import AresError
+
 DATASET_NAMES = ("digits", "cifar10", "synthetic")
 
 Split = Literal["train", "test"]
@@ -33,7 +35,7 @@ _CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32).reshape(1, 3,
 _CIFAR_STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32).reshape(1, 3, 1, 1)
 
 
-class DatasetError(FileNotFoundError):
+class DatasetError(AresError, FileNotFoundError):
     """A dataset's files are missing or not in the expected format."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from schemas.errors import AresError
 
-class SplitError(ValueError):
+
+class SplitError(AresError, ValueError):
     """A bad model spec, cut point or state dict (wrong keys, shapes, dtypes or weights)."""

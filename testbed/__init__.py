@@ -3,8 +3,8 @@
 from testbed.battery import EmulatedBattery
 from testbed.links import (
     EmulatedLink,
-    LinkError,
     LinkLab,
+    LinkLabError,
     LinkSupport,
     NetemUnavailableError,
     cleanup_stale,
@@ -26,8 +26,8 @@ __all__ = [
     "EmulatedBattery",
     "EmulatedLink",
     "EmulationProfile",
-    "LinkError",
     "LinkLab",
+    "LinkLabError",
     "LinkSupport",
     "NetemUnavailableError",
     "PaceResult",

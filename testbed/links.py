@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Self
 
+from schemas.errors import AresError
 from testbed.schedule import RateSchedule
 
 __all__ = [
     "EmulatedLink",
-    "LinkError",
     "LinkLab",
+    "LinkLabError",
     "LinkSupport",
     "NetemUnavailableError",
     "cleanup_stale",
@@ -62,11 +63,11 @@ _NETNS_NAME = re.compile(r"^ar(\d+)-")
 _OPEN_LABS: set[LinkLab] = set()
 
 
-class LinkError(RuntimeError):
+class LinkLabError(AresError, RuntimeError):
     """A namespace, veth or qdisc operation failed (the message holds command and stderr)."""
 
 
-class NetemUnavailableError(LinkError):
+class NetemUnavailableError(LinkLabError):
     """Delay or loss was asked for but this kernel has no ``netem`` qdisc."""
 
 
@@ -75,26 +76,26 @@ class NetemUnavailableError(LinkError):
 
 
 def _run(cmd: Sequence[str], timeout_s: float = COMMAND_TIMEOUT_S) -> str:
-    """Run ``cmd``; its stdout, or LinkError naming the command and its stderr."""
+    """Run ``cmd``; its stdout, or LinkLabError naming the command and its stderr."""
     try:
         done = subprocess.run(
             list(cmd), capture_output=True, text=True, timeout=timeout_s, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise LinkError(f"`{' '.join(cmd)}` timed out after {timeout_s:g} s") from exc
+        raise LinkLabError(f"`{' '.join(cmd)}` timed out after {timeout_s:g} s") from exc
     except OSError as exc:
-        raise LinkError(f"`{' '.join(cmd)}` could not run: {exc}") from exc
+        raise LinkLabError(f"`{' '.join(cmd)}` could not run: {exc}") from exc
     if done.returncode != 0:
         stderr = done.stderr.strip() or done.stdout.strip() or "(no output)"
-        raise LinkError(f"`{' '.join(cmd)}` failed (exit {done.returncode}): {stderr}")
+        raise LinkLabError(f"`{' '.join(cmd)}` failed (exit {done.returncode}): {stderr}")
     return done.stdout
 
 
-def _run_quiet(cmd: Sequence[str]) -> LinkError | None:
+def _run_quiet(cmd: Sequence[str]) -> LinkLabError | None:
     """Run a teardown command; its error instead of raising, so teardown goes on."""
     try:
         _run(cmd)
-    except LinkError as exc:
+    except LinkLabError as exc:
         return exc
     return None
 
@@ -132,7 +133,7 @@ def tbf_params(mbps: float) -> TbfParams:
     rates) so TCP's bursts queue instead of being tail-dropped.
     """
     if not mbps > 0:
-        raise LinkError(f"a link rate must be > 0 Mbit/s, got {mbps!r}")
+        raise LinkLabError(f"a link rate must be > 0 Mbit/s, got {mbps!r}")
     rate_bps = max(int(mbps * 1e6), 8)
     rate_bytes_s = rate_bps / 8
     burst = max(int(rate_bytes_s / ASSUMED_HZ), BURST_FRAMES * MTU_FRAME_BYTES)
@@ -165,7 +166,7 @@ def link_mode() -> LinkSupport:
         return LinkSupport("token-bucket", f"{' and '.join(missing)} not installed (iproute2)")
     try:
         netem = _probe_kernel(f"ar{os.getpid()}")
-    except LinkError as exc:
+    except LinkLabError as exc:
         return LinkSupport("token-bucket", f"tc/netns probe failed: {exc}")
     reason = "root on Linux; netns, veth and tbf work" + (
         "" if netem else "; no netem qdisc in this kernel, so no delay/loss"
@@ -182,7 +183,7 @@ def _probe_kernel(prefix: str) -> bool:
         _run(["tc", "qdisc", "add", "dev", host_if, "root", *tbf_params(10).args()])
         try:
             _run(["tc", "qdisc", "add", "dev", peer_if, "root", "netem", "delay", "1ms"])
-        except LinkError as exc:
+        except LinkLabError as exc:
             log.debug("netem unavailable: %s", exc)
             return False
         return True
@@ -380,12 +381,12 @@ class LinkLab:
     def open(self) -> None:
         """Clean stale runs, check support, create the bridge with ``host_ip``."""
         if self._open:
-            raise LinkError("this LinkLab is already open")
+            raise LinkLabError("this LinkLab is already open")
         if any(lab.prefix == self.prefix for lab in _OPEN_LABS):
-            raise LinkError(f"another LinkLab is open in this process (prefix {self.prefix})")
+            raise LinkLabError(f"another LinkLab is open in this process (prefix {self.prefix})")
         support = link_mode()
         if support.mode != "tc":
-            raise LinkError(f"cannot emulate links with tc here: {support.reason}")
+            raise LinkLabError(f"cannot emulate links with tc here: {support.reason}")
         self.support = support
         cleanup_stale()
         self._check_subnet_free()
@@ -412,7 +413,9 @@ class LinkLab:
         # Two bridges in one subnet would make routing to host_ip ambiguous.
         used = _run(["ip", "-o", "-4", "addr", "show", "to", str(self.network)]).strip()
         if used:
-            raise LinkError(f"subnet {self.network} is already in use here: {used.splitlines()[0]}")
+            raise LinkLabError(
+                f"subnet {self.network} is already in use here: {used.splitlines()[0]}"
+            )
 
     def close(self, raise_errors: bool = True) -> None:
         """Remove every veth, namespace and the bridge (qdiscs go with their devices).
@@ -457,7 +460,7 @@ class LinkLab:
         try:
             device_ip = str(next(self._free_ips))
         except StopIteration:
-            raise LinkError(f"subnet {self.network} has no address left for {name!r}") from None
+            raise LinkLabError(f"subnet {self.network} has no address left for {name!r}") from None
         link = EmulatedLink(
             name=name,
             netns=f"{self.prefix}-{name}",
@@ -477,15 +480,15 @@ class LinkLab:
 
     def _check_device(self, name: str, delay_ms: float, loss_pct: float) -> None:
         if not self._open or self.support is None:
-            raise LinkError("LinkLab is not open: use it as a context manager")
+            raise LinkLabError("LinkLab is not open: use it as a context manager")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-            raise LinkError(f"invalid device name {name!r}")
+            raise LinkLabError(f"invalid device name {name!r}")
         if name in self.links:
-            raise LinkError(f"device {name!r} already exists")
+            raise LinkLabError(f"device {name!r} already exists")
         if len(self.links) >= 1000:  # interface names: 15 chars, 3 digits for the index
-            raise LinkError("at most 1000 devices per LinkLab")
+            raise LinkLabError("at most 1000 devices per LinkLab")
         if delay_ms < 0 or not 0 <= loss_pct <= 100:
-            raise LinkError(f"need delay_ms >= 0 and 0 <= loss_pct <= 100 for {name!r}")
+            raise LinkLabError(f"need delay_ms >= 0 and 0 <= loss_pct <= 100 for {name!r}")
         if (delay_ms > 0 or loss_pct > 0) and not self.support.netem:
             raise NetemUnavailableError(
                 f"device {name!r} asks for delay_ms={delay_ms:g} loss_pct={loss_pct:g}, but this "
@@ -541,7 +544,7 @@ class LinkLab:
             await asyncio.to_thread(link.set_rate, up, down)
 
 
-def _is_gone(error: LinkError) -> bool:
+def _is_gone(error: LinkLabError) -> bool:
     """Teardown of something already gone (e.g. its peer took it along) is not a failure."""
     text = str(error)
     return "Cannot find device" in text or "No such file or directory" in text

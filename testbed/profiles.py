@@ -21,6 +21,7 @@ from typing import Literal
 
 from planner.paper import NANO_MODES, NanoMode, jetson_nano, raspberry_pi
 from planner.profiles import DeviceProfile
+from schemas.errors import AresError
 
 __all__ = [
     "PROFILES",
@@ -174,7 +175,7 @@ def get_profile(name: str) -> EmulationProfile:
 # --- pacing -------------------------------------------------------------------------------------
 
 
-class PacingError(ValueError):
+class PacingError(AresError, ValueError):
     """A pacing target that cannot be computed from what the pacer was given."""
 
 

@@ -17,10 +17,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.errors import AresError
+
 __all__ = ["RateSchedule", "ScheduleError", "parse_schedule"]
 
 
-class ScheduleError(ValueError):
+class ScheduleError(AresError, ValueError):
     """A schedule that does not make sense (bad number, time going backwards, rate <= 0)."""
 
 

@@ -15,9 +15,9 @@ async def test_a_restarted_agent_reuses_its_profile_and_trains_again(
     mosquitto, tmp_path, monkeypatch
 ):
     profiled: list[str] = []
-    measure = device_agent.agent.profile_blocks
+    measure = device_agent.agent.profile_blocks  # type: ignore[attr-defined]
 
-    def counting_profile(spec, batch_size):  # type: ignore[no-untyped-def]
+    def counting_profile(spec, batch_size):
         profiled.append(spec.name)
         return measure(spec, batch_size)
 

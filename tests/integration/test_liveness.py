@@ -57,7 +57,7 @@ async def test_an_evicted_device_registers_again_after_the_abort(mosquitto):
     answer_ping = victim._publish_status
     unanswered: list[str] = []
 
-    async def deaf_once(state, round_no=None, *, nonce=None):  # type: ignore[no-untyped-def]
+    async def deaf_once(state, round_no=None, *, nonce=None):
         if nonce is not None and not unanswered:
             unanswered.append(nonce)  # as if frozen past the edge's liveness timeout
             return

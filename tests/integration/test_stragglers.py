@@ -54,7 +54,7 @@ async def test_a_part_that_never_arrives_is_late_and_its_steps_are_counted_as_di
     async def upload_lost(*_: object) -> None:  # as if the upload never got through
         await asyncio.Event().wait()
 
-    slow._upload_weights = upload_lost  # type: ignore[method-assign]
+    slow._upload_weights = upload_lost  # type: ignore[method-assign,assignment]
     report = await train(edge, [fast, slow])
 
     (only,) = report.rounds
@@ -91,7 +91,7 @@ async def test_a_device_that_gives_up_is_aborted_and_trains_the_next_round(mosqu
     backward = failing.trainer.backward
     calls: list[int] = []
 
-    def backward_failing_once(grad):  # type: ignore[no-untyped-def]
+    def backward_failing_once(grad):
         calls.append(1)
         if len(calls) == 5:
             raise RuntimeError("out of memory (simulated)")

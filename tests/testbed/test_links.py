@@ -20,8 +20,8 @@ import pytest
 
 from testbed.links import (
     EmulatedLink,
-    LinkError,
     LinkLab,
+    LinkLabError,
     NetemUnavailableError,
     cleanup_stale,
     link_mode,
@@ -151,7 +151,7 @@ def test_tbf_params_sized_for_rate() -> None:
     assert low.burst_bytes >= 2 * 1514  # a couple of frames even at low rates
     assert high.burst_bytes >= 100e6 / 8 / 1000  # one 1 ms tick: hrtimers, small bursts
     assert high.limit_bytes - high.burst_bytes >= 100e6 / 8 * 0.05  # >= 50 ms of queue
-    with pytest.raises(LinkError, match="> 0"):
+    with pytest.raises(LinkLabError, match="> 0"):
         tbf_params(0)
 
 
@@ -211,10 +211,10 @@ def test_exit_cleans_up_after_exception() -> None:
 
 @needs_tc
 def test_one_lab_per_process_and_clear_errors(lab: LinkLab) -> None:
-    with pytest.raises(LinkError, match="another LinkLab"), LinkLab(subnet="10.214.0.0/24"):
+    with pytest.raises(LinkLabError, match="another LinkLab"), LinkLab(subnet="10.214.0.0/24"):
         pass
     lab.add_device("dev-f", RateSchedule.constant(5))
-    with pytest.raises(LinkError, match="already exists"):
+    with pytest.raises(LinkLabError, match="already exists"):
         lab.add_device("dev-f", RateSchedule.constant(5))
 
 
