@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ares.bench_report import final_table, render_summary, summarise
 from ares.demo import DemoOptions, RunResult, run_once
 from planner.policies import POLICIES as EDGE_POLICIES
+from schemas import wire_itemsize
 from testbed.scenario import (
     Scenario,
     ScheduleSpec,
@@ -518,7 +519,7 @@ def scenario_plan_inputs(
             uplink_bps=_initial_bps(device.uplink, scenario.time_scale),
             downlink_bps=_initial_bps(downlink, scenario.time_scale),
             link_source="scenario",
-            wire_itemsize=2 if scenario.wire_dtype == "float16" else 4,
+            wire_itemsize=wire_itemsize(scenario.wire_dtype),
         )
     edge = EdgeSettings(checkpoint=None)  # the edge's assumptions for what a device lacks
     defaults = PlanDefaults(

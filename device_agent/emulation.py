@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from broker.shaping import LinkShaper
 from device_agent.settings import DeviceSettings
+from planner.energy import device_energy_j
 from schemas import PowerFigures
 from splitnn.models import ModelSpec
 from splitnn.profiling import profile_blocks
@@ -133,9 +134,7 @@ class Emulation:
         power = self.power()
         if self.battery is None or power is None:
             return
-        joules = (
-            power.compute_w * busy_s + power.transmit_w * uplink_s + power.receive_w * downlink_s
-        )
+        joules = device_energy_j(power, busy_s, uplink_s, downlink_s)
         elapsed = busy_s + uplink_s + downlink_s
         self.battery.drain(joules, over_s=elapsed if elapsed > 0 else None)
 

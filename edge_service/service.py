@@ -39,6 +39,7 @@ from edge_service.rejections import Counters, Rejected
 from edge_service.report import DeviceRoundReport, RoundReport, RunReport
 from edge_service.rounds import DeviceResult, RoundContext, RoundRunner, prepare_parts
 from edge_service.settings import EdgeSettings
+from planner.energy import device_energy_j
 from schemas import (
     ActivationMeta,
     CodecError,
@@ -71,6 +72,7 @@ from schemas import (
     parse_meta,
     to_json,
     to_meta,
+    wire_itemsize,
 )
 from schemas.messages import EdgeState, RoundTraffic, WireDtype
 from schemas.topics import DEVICE_TO_EDGE
@@ -82,7 +84,6 @@ from splitnn.profiling import profile_blocks
 from splitnn.tensors import state_to_arrays, warm_up_torch
 
 log = logging.getLogger(__name__)
-WIRE_ITEMSIZE: dict[WireDtype, int] = {"float32": 4, "float16": 2}
 SHUTDOWN_NOTICE_S = 3.0  # how long a stopping edge spends telling the devices
 # Beyond the longest wait of one phase: evaluation, checkpoint and publishes (see health_problem).
 STALL_MARGIN_S = 300.0
@@ -408,7 +409,7 @@ class EdgeService:
         batches = {d: self._batches(r.hello.samples) for d, r in online.items()}
         readings = {
             d: r.readings(
-                WIRE_ITEMSIZE[self._wire_dtype(d)],
+                wire_itemsize(self._wire_dtype(d)),
                 self.settings.telemetry_stale_s,
                 # Plan for the samples this round really processes.
                 samples=min(r.hello.samples, batches[d] * self.settings.batch_size),
@@ -584,10 +585,8 @@ class EdgeService:
         record = self.devices.get(result.device_id)
         power = (record.hello.power if record else None) or self.planner.defaults.power
         weights_up_s, weights_down_s = self._weights_transfer_s(result, record)
-        energy = (
-            power.compute_w * result.busy_s
-            + power.transmit_w * (result.uplink_s + weights_up_s)
-            + power.receive_w * (result.downlink_s + weights_down_s)
+        energy = device_energy_j(
+            power, result.busy_s, result.uplink_s + weights_up_s, result.downlink_s + weights_down_s
         )
         live = record.telemetry if record else None
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from planner.energy import device_energy_j
 from planner.errors import PlanningError
 from planner.profiles import DeviceProfile, ModelProfile, ServerProfile
 
@@ -236,16 +237,13 @@ def cost_table(
         down_s = down_bits / device.downlink_bps
         batches = batches_per_round(device.samples, model.batch_size)
         time = batches * (device_before + server_after + up_s + down_s + device.overhead_s)
-        energy = batches * (
-            device.power_compute_w * device_before
-            + device.power_tx_w * up_s
-            + device.power_rx_w * down_s
-        )
+        power = device.power
+        energy = batches * device_energy_j(power, device_before, up_s, down_s)
         if model.sync_weights:
             sync_up_s = sync_bits / device.uplink_bps
             sync_down_s = sync_bits / device.downlink_bps
             time = time + sync_up_s + sync_down_s
-            energy = energy + device.power_tx_w * sync_up_s + device.power_rx_w * sync_down_s
+            energy = energy + device_energy_j(power, 0.0, sync_up_s, sync_down_s)
         feasible = np.ones(L, dtype=bool)
         if device.allowed_cuts is not None:
             feasible &= np.isin(cuts, sorted(device.allowed_cuts))

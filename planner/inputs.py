@@ -85,6 +85,7 @@ from planner.paper import (
     vgg5_model,
 )
 from planner.profiles import DeviceProfile, ModelProfile, ServerProfile
+from schemas.messages import WIRE_DTYPES, wire_itemsize
 
 __all__ = [
     "BUILTIN_DEVICES",
@@ -102,7 +103,7 @@ DeviceBuilder = Callable[[str, int, float, float, float | None], DeviceProfile]
 
 MIB = 1024**2
 FLOAT32_BYTES = 4
-WIRE_DTYPE_BYTES: Mapping[str, int] = MappingProxyType({"float32": 4, "float16": 2})
+WIRE_DTYPE_BYTES: Mapping[str, int] = MappingProxyType({d: wire_itemsize(d) for d in WIRE_DTYPES})
 
 
 def _pi_builder(

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from planner.errors import PlanningError
+from schemas import PowerFigures
 
 __all__ = [
     "DeviceProfile",
@@ -76,6 +77,14 @@ class DeviceProfile:
     battery_fraction: float | None = None
     overhead_s: float = 0.0
     wire_scale: float = 1.0
+
+    @property
+    def power(self) -> PowerFigures:
+        return PowerFigures(
+            compute_w=self.power_compute_w,
+            transmit_w=self.power_tx_w,
+            receive_w=self.power_rx_w,
+        )
 
     def __post_init__(self) -> None:
         if not isinstance(self.device_id, str) or not self.device_id:

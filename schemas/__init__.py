@@ -32,12 +32,14 @@ from schemas.messages import (
     TrainConfig,
     WeightsMeta,
     Welcome,
+    WireDtype,
     WireModel,
     parse_ctrl,
     parse_json,
     parse_meta,
     to_json,
     to_meta,
+    wire_itemsize,
 )
 from schemas.topics import DEFAULT_PREFIX, DeviceChannel, Topics, validate_device_id
 
@@ -72,6 +74,7 @@ __all__ = [
     "TrainConfig",
     "WeightsMeta",
     "Welcome",
+    "WireDtype",
     "WireModel",
     "decode_frame",
     "encode_frame",
@@ -81,4 +84,5 @@ __all__ = [
     "to_json",
     "to_meta",
     "validate_device_id",
+    "wire_itemsize",
 ]

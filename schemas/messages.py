@@ -9,8 +9,9 @@ Every model is frozen, rejects unknown fields and carries ``v``, the protocol ve
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from schemas.errors import AresError
@@ -23,6 +24,14 @@ RoundNo = Annotated[int, Field(ge=0)]
 Count = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 WireDtype = Literal["float32", "float16"]
+WIRE_DTYPES: tuple[WireDtype, ...] = get_args(WireDtype)
+
+
+def wire_itemsize(dtype: WireDtype) -> int:
+    """Bytes per element on the wire: numpy's rule, the one every size estimate uses."""
+    return int(np.dtype(dtype).itemsize)
+
+
 EdgeState = Literal["starting", "waiting", "training", "evaluating", "finished", "stopped"]
 # "aborted": the device gave up the round named in the status (the edge need not wait for it).
 DeviceState = Literal["online", "idle", "training", "aborted", "offline"]
