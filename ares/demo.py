@@ -28,12 +28,12 @@ from tqdm import tqdm
 
 from ares import runtime
 from broker import BrokerConfig, LocalBroker
-from broker.link import MqttLink, MqttSettings
 from schemas import EdgeStatus, SchemaError, Topics, parse_json
 from schemas.config_file import CONFIG_ENV
 from testbed.links import LinkLab, link_mode
 from testbed.scenario import DeviceSpec, Scenario, ScheduleSpec
 from testbed.schedule import RateSchedule, parse_schedule
+from transport import MqttLink, MqttSettings
 
 
 @dataclass(frozen=True)

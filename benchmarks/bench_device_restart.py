@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from broker import LocalBroker
-from broker.link import MqttLink, MqttSettings
 from schemas import DeviceChannel, Topics
+from transport import MqttLink, MqttSettings
 
 
 def spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

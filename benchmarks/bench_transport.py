@@ -6,7 +6,7 @@
     the sender's first send to the receiver's last decode.
 (b) Shaped link: the sender runs in a network namespace behind a tbf-shaped veth (testbed.links)
     and reaches the broker on the bridge; goodput as a share of the shaped rate. Falls back to
-    the in-app token bucket (broker.shaping) where tc is unavailable, and says so.
+    the in-app token bucket (transport.shaping) where tc is unavailable, and says so.
 (c) Per-message overhead: encode, publish -> deliver, PUBACK and decode times for small and large
     tensors, one message at a time, on loopback.
 
@@ -52,10 +52,10 @@ from transport_sender import (
 
 from ares import runtime
 from broker import BrokerConfig, LocalBroker
-from broker.link import MqttLink, MqttSettings
 from schemas import ActivationMeta, decode_frame, parse_meta
 from testbed.links import EmulatedLink, LinkLab, link_mode
 from testbed.schedule import RateSchedule
+from transport import MqttLink, MqttSettings
 
 SENDER = Path(__file__).with_name("transport_sender.py")
 KIB, MIB = 1024, 1024 * 1024

@@ -43,8 +43,6 @@ import numpy as np
 from benchutil import summary
 
 from ares import runtime
-from broker.link import LastWill, LinkError, Message, MqttLink, MqttSettings
-from broker.tasks import BackgroundTasks, cancel_and_wait
 from edge_service.loop_lag import LoopLagMonitor
 from schemas import (
     ActivationMeta,
@@ -74,6 +72,8 @@ from schemas import (
     to_meta,
 )
 from schemas.messages import DeviceState
+from transport import LastWill, LinkError, Message, MqttLink, MqttSettings
+from transport.tasks import BackgroundTasks, cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from benchutil import percentile
 
 from ares import runtime
 from ares.logs import setup_logging
-from broker.link import MqttSettings
 from edge_service import EdgeService, EdgeSettings
 from edge_service.loop_lag import LoopLagMonitor
+from transport import MqttSettings
 
 COLLECT_EVERY_S = 0.1
 THRESHOLD_S = 0.02  # the target: p99 loop lag under 20 ms

@@ -11,7 +11,7 @@ the sends' durations (median, p99, max) and the frames' bytes. EOF on stdin ends
 Transports: ``mqtt`` publishes QoS 1 through ``MqttLink`` (acknowledged by the broker's PUBACK);
 ``tcp`` writes length-prefixed frames on one plain TCP connection, each acknowledged by the
 receiver with one byte once it has decoded the frame. ``--token-bucket`` shapes sends in the
-application (broker.shaping) where tc is not available; ``mbps`` then sets its rate.
+application (transport.shaping) where tc is not available; ``mbps`` then sets its rate.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import numpy as np
 from benchutil import summary
 
 from ares import runtime
-from broker.link import MqttLink, MqttSettings
-from broker.shaping import LinkShaper
-from broker.tasks import cancel_and_wait
 from schemas import ActivationMeta, encode_frame, to_meta
+from transport import MqttLink, MqttSettings
+from transport.shaping import LinkShaper
+from transport.tasks import cancel_and_wait
 
 BATCH = 8  # samples per activation frame
 DISTINCT_FRAMES = 4  # encoded up front and cycled, so 4 MB messages do not fill the memory

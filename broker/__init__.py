@@ -3,7 +3,7 @@
 ``LocalBroker`` starts a private Mosquitto on a free loopback port from a generated
 config (``BrokerConfig`` / ``render_config``) and makes sure it never outlives us.
 ``broker/mosquitto.conf`` and ``broker/acl.sample`` are commented samples for a real
-deployment. The MQTT client side lives in ``broker.link``.
+deployment. The MQTT client side lives in ``transport``.
 """
 
 from broker.binary import INSTALL_HINT, find_mosquitto
@@ -12,7 +12,7 @@ from broker.errors import BrokerError, BrokerNotFoundError
 from broker.local import LocalBroker
 from broker.ports import free_port
 from broker.probe import async_probe_mqtt, probe_mqtt
-from broker.urls import parse_broker_url
+from transport.urls import parse_broker_url
 
 __all__ = [
     "INSTALL_HINT",

@@ -22,8 +22,6 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from broker.link import LastWill, LinkError, Message, MqttLink
-from broker.tasks import BackgroundTasks, cancel_and_wait
 from device_agent.drift import DeviceTimings, compute_time_s
 from device_agent.emulation import Emulation
 from device_agent.link_estimate import LinkEstimate
@@ -69,6 +67,8 @@ from splitnn.models import ModelSpec, architecture_fingerprint, num_blocks
 from splitnn.profiling import profile_blocks
 from splitnn.tensors import warm_up_torch
 from testbed.profiles import Phase
+from transport import Connect, LastWill, Link, LinkError, Message, mqtt_connector
+from transport.tasks import BackgroundTasks, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ class Pace:
 
 
 class DeviceAgent:
-    def __init__(self, settings: DeviceSettings) -> None:
+    def __init__(self, settings: DeviceSettings, connect: Connect | None = None) -> None:
+        """``connect`` opens the agent's link (default: MQTT to ``settings.mqtt``)."""
         self.settings = settings
         self.device_id = settings.device_id
         self.topics = Topics(settings.mqtt.prefix)
@@ -135,7 +136,7 @@ class DeviceAgent:
         self.edge_session: str | None = None
         self.rounds_done = 0
         self.finished = asyncio.Event()
-        self._link: MqttLink | None = None
+        self._link: Link | None = None
         self._training: asyncio.Task[None] | None = None
         self._training_round: int | None = None
         self._closing_round: int | None = None  # the edge asked us to wrap this round up
@@ -154,6 +155,7 @@ class DeviceAgent:
         self._timings: ComputeProfile | None = None  # as we run them now: what the edge plans with
         self.link = LinkEstimate.new()
         self.emulation = Emulation(settings)
+        self._connect = connect or mqtt_connector(settings.mqtt, shaper=self.emulation.shaper)
         self._speed_ratio: float | None = None
         self.ready = asyncio.Event()  # connected and listening (systemd's READY=1)
         self._dispatcher: asyncio.Task[None] | None = None
@@ -172,10 +174,9 @@ class DeviceAgent:
             self.topics.device(self.device_id, DeviceChannel.STATUS),
             to_json(DeviceStatus(device_id=self.device_id, state="offline")),
         )
-        link = MqttLink(
-            self.settings.mqtt, f"ares-dev-{self.device_id}", subscriptions,
-            will=will, on_connect=self._announce, shaper=self.emulation.shaper,
-        )  # fmt: skip
+        link = self._connect(
+            f"ares-dev-{self.device_id}", subscriptions, will=will, on_connect=self._announce
+        )
         # torch's one-time costs (seconds of lazy imports) in the compute thread, while we
         # connect and register: the first batch must not carry them, nor must the hello wait.
         warming = asyncio.ensure_future(self._compute(warm_up_torch))
@@ -207,7 +208,7 @@ class DeviceAgent:
 
     # --- inbound --------------------------------------------------------------------------------
 
-    async def _dispatch(self, link: MqttLink) -> None:
+    async def _dispatch(self, link: Link) -> None:
         async for message in link.messages():
             try:
                 self._handle(message)

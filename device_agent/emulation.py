@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from broker.shaping import LinkShaper
 from device_agent.settings import DeviceSettings
 from planner.energy import device_energy_j
 from schemas import PowerFigures
@@ -24,6 +23,7 @@ from splitnn.profiling import profile_blocks
 from testbed.battery import EmulatedBattery
 from testbed.profiles import ComputePacer, Phase, get_profile, pad
 from testbed.schedule import RateSchedule, parse_schedule
+from transport.shaping import LinkShaper
 
 # A model's per-block (forward, backward) seconds per batch on this host.
 HostProfiler = Callable[[ModelSpec, int], tuple[tuple[float, ...], tuple[float, ...]]]

@@ -9,10 +9,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from broker.link import MqttSettings
 from device_agent.profile_cache import default_cache_dir
 from schemas.config_file import ServiceSettings
 from schemas.topics import validate_device_id
+from transport import MqttSettings
 
 
 def default_device_id() -> str:

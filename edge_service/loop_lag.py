@@ -22,7 +22,7 @@ from itertools import islice
 from types import TracebackType
 from typing import Self
 
-from broker.tasks import cancel_and_wait
+from transport.tasks import cancel_and_wait
 
 DEFAULT_INTERVAL_S = 0.05  # 20 probes a second: negligible work, fine enough for 20 ms targets
 DEFAULT_WINDOW = 1200  # one minute of probes at the default interval

@@ -20,8 +20,6 @@ from typing import Any, TypeVar
 
 import torch
 
-from broker.link import LastWill, LinkError, Message, MqttLink
-from broker.tasks import BackgroundTasks
 from edge_service.checkpoint import (
     Checkpoint,
     check_compatible,
@@ -82,6 +80,8 @@ from splitnn.models import ModelSpec, build_model, num_blocks
 from splitnn.partition import block_index, validate_cut
 from splitnn.profiling import profile_blocks
 from splitnn.tensors import state_to_arrays, warm_up_torch
+from transport import Connect, LastWill, Link, LinkError, Message, mqtt_connector
+from transport.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 SHUTDOWN_NOTICE_S = 3.0  # how long a stopping edge spends telling the devices
@@ -138,7 +138,9 @@ def resolve_torch_device(name: str) -> torch.device:
 
 
 class EdgeService:
-    def __init__(self, settings: EdgeSettings) -> None:
+    def __init__(self, settings: EdgeSettings, connect: Connect | None = None) -> None:
+        """``connect`` opens the edge's link (default: MQTT to ``settings.mqtt``)."""
+        self._connect = connect or mqtt_connector(settings.mqtt)
         self.settings = settings
         self.session = uuid.uuid4().hex[:12]
         self.topics = Topics(settings.mqtt.prefix)
@@ -197,7 +199,7 @@ class EdgeService:
         self._first_round = 1
         self._wall_before_s = 0.0  # earlier processes' wall time (a resumed run)
         self._run_started = time.perf_counter()
-        self._link: MqttLink | None = None
+        self._link: Link | None = None
         self._round: RoundRunner | None = None
         self._round_no = 0
         self.ready = asyncio.Event()  # connected and waiting for devices (systemd's READY=1)
@@ -287,12 +289,8 @@ class EdgeService:
                 self.settings.compute_workers, thread_name_prefix="edge-compute"
             ) as executor,
         ):
-            link = MqttLink(
-                self.settings.mqtt,
-                self.settings.client_id,
-                subscriptions,
-                will=will,
-                on_connect=self._announce,
+            link = self._connect(
+                self.settings.client_id, subscriptions, will=will, on_connect=self._announce
             )
             self._link = link  # before connecting: on_connect publishes through it
             async with self.loop_lag, link, self._metrics_endpoint(), asyncio.TaskGroup() as tasks:
@@ -704,7 +702,7 @@ class EdgeService:
 
     # --- inbound --------------------------------------------------------------------------------
 
-    async def _dispatch(self, link: MqttLink) -> None:
+    async def _dispatch(self, link: Link) -> None:
         async for message in link.messages():
             parsed = self.topics.parse_device_topic(message.topic)
             if parsed is None:

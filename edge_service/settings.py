@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
-from broker.link import MqttSettings
 from planner.policies import POLICIES
 from schemas.config_file import ServiceSettings
 from schemas.topics import validate_device_id
+from transport import MqttSettings
 
 
 class EdgeSettings(ServiceSettings):

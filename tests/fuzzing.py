@@ -24,9 +24,9 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from broker.tasks import BackgroundTasks
 from schemas import encode_frame
 from schemas.codec import SUPPORTED_DTYPES
+from transport.tasks import BackgroundTasks
 
 # (exception type, pattern of its message): exceptions known to escape ``_handle``, not fixed yet.
 KnownBugs = tuple[tuple[type[BaseException], re.Pattern[str]], ...]

@@ -10,10 +10,10 @@ import pytest
 from ares.broker_command import default_hosts
 from ares.broker_sizing import DATASET_INPUTS, MARGIN, frame_sizes, model_spec
 from ares.cli import main
-from broker.link import MqttSettings
 from broker.provision import PACKET_OVERHEAD
 from schemas.codec import MAX_META_BYTES
 from splitnn.data import DATASET_NAMES, load_dataset
+from transport import MqttSettings
 
 
 def conf_value(root: Path, name: str) -> str:

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.link import MqttSettings
 from broker.provision import (
     EDGE_USER,
     INSPECTOR_USER,
@@ -26,6 +25,7 @@ from broker.provision import (
 )
 from schemas.config_file import toml_value
 from schemas.topics import DEVICE_TO_EDGE, EDGE_TO_DEVICE, DeviceChannel
+from transport import MqttSettings
 
 
 def make_setup(**changes) -> BrokerSetup:

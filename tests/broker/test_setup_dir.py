@@ -10,7 +10,6 @@ from pathlib import Path, PurePosixPath
 import pytest
 from cryptography import x509
 
-from broker.link import MqttSettings
 from broker.passwd import parse_file
 from broker.pki import load_issued
 from broker.provision import EDGE_USER, INSPECTOR_USER, BrokerSetup
@@ -18,6 +17,7 @@ from broker.setup_dir import SetupDir, SetupError, write_atomic
 from device_agent import DeviceSettings
 from edge_service import EdgeSettings
 from schemas.config_file import load_settings
+from transport import MqttSettings
 
 
 def make_setup(root: Path, **changes) -> BrokerSetup:

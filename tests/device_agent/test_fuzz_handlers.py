@@ -29,7 +29,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.link import Message
 from device_agent import DeviceAgent, DeviceSettings
 from schemas import (
     CodecError,
@@ -70,6 +69,7 @@ from tests.fuzzing import (
     variants,
 )
 from tests.fuzzing import settle as settle_background
+from transport import Message
 
 DEVICE = "dev-0"
 MODEL = ModelInfo(name="small_cnn", in_channels=1, image_size=8, num_classes=10)
@@ -112,7 +112,7 @@ def device() -> Iterator[Agent]:
         profiles.append((model.name, batch_size))
 
     failures = FailureLog()
-    tasks_log = logging.getLogger("broker.tasks")
+    tasks_log = logging.getLogger("transport.tasks")
     tasks_log.addHandler(failures)
     # Thousands of ignored messages and failed rounds each log: keep them out of the captures.
     quiet = logging.getLogger("device_agent.agent")

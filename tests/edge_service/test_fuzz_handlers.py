@@ -31,7 +31,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.link import Message
 from edge_service import EdgeService, EdgeSettings
 from edge_service.rejections import Rejected
 from edge_service.rounds import DeviceRound, RoundContext, RoundRunner
@@ -72,6 +71,7 @@ from tests.fuzzing import (
     variants,
 )
 from tests.fuzzing import settle as settle_background
+from transport import Message
 
 REGISTERED = "dev-0"
 BYSTANDER = "dev-9"  # registered too, but never part of a round
@@ -111,7 +111,7 @@ def edge() -> Iterator[Edge]:
     link = FakeLink()
     service._link = link  # type: ignore[assignment]
     failures = FailureLog()
-    tasks_log = logging.getLogger("broker.tasks")
+    tasks_log = logging.getLogger("transport.tasks")
     tasks_log.addHandler(failures)
     # Thousands of rejections each log a warning: keep them out of the captured logs.
     quiet = [logging.getLogger(n) for n in ("edge_service.service", "edge_service.rounds")]

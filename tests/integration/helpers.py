@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from broker import LocalBroker
-from broker.link import MqttSettings
 from device_agent import DeviceAgent, DeviceSettings
 from edge_service import EdgeService, EdgeSettings, RunReport
+from transport import MqttSettings
 
 
 def mqtt(broker: LocalBroker, **changes: Any) -> MqttSettings:

@@ -8,12 +8,12 @@ from collections import Counter
 
 import numpy as np
 
-from broker.link import MqttLink
 from device_agent import DeviceAgent
 from edge_service import EdgeService
 from schemas import ActivationMeta, DeviceChannel, Topics, encode_frame, to_meta
 from schemas.topics import DEVICE_TO_EDGE
 from tests.integration.helpers import device_settings, edge_settings, mqtt, train
+from transport import MqttLink
 
 GARBAGE = [
     b"\x00",

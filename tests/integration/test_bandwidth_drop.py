@@ -10,12 +10,12 @@ import sys
 import pytest
 
 from broker import BrokerConfig, LocalBroker
-from broker.link import MqttLink, MqttSettings
 from edge_service import EdgeService
 from schemas import Topics
 from testbed.links import LinkLab, link_mode
 from testbed.schedule import RateSchedule
 from tests.integration.helpers import edge_settings, wait_until
+from transport import MqttLink, MqttSettings
 
 SUPPORT = link_mode()
 pytestmark = pytest.mark.skipif(

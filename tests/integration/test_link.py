@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from broker.link import LinkError, MqttLink
 from tests.integration.helpers import mqtt
+from transport import LinkError, MqttLink
 
 
 async def test_reconnects_after_broker_restart(mosquitto):
@@ -65,6 +65,6 @@ async def test_no_broker_fails_fast_with_a_clear_error():
 
 
 def mqtt_url(url: str, **changes):
-    from broker.link import MqttSettings
+    from transport import MqttSettings
 
     return MqttSettings(url=url, **changes)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.link import MqttLink
 from device_agent import DeviceAgent
 from edge_service import EdgeService
 from schemas import DeviceChannel, DeviceStatus, Topics, to_json
 from tests.integration.helpers import device_settings, edge_settings, mqtt, wait_until
+from transport import MqttLink
 
 
 def in_round(edge: EdgeService, device_id: str, round_no: int, batches: int) -> bool:
@@ -48,7 +48,7 @@ async def test_a_forged_offline_status_does_not_evict_a_live_device(mosquitto):
 async def test_an_evicted_device_registers_again_after_the_abort(mosquitto):
     edge = EdgeService(
         edge_settings(
-            mosquitto, rounds=4, min_devices=2, split=2, batches_per_round=30,
+            mosquitto, rounds=5, min_devices=2, split=2, batches_per_round=60,
             liveness_timeout_s=0.5,
         )
     )  # fmt: skip
@@ -82,9 +82,10 @@ async def test_an_evicted_device_registers_again_after_the_abort(mosquitto):
 
     assert unanswered
     assert edge.counters["liveness.refuted"] == 0
-    # Evicted in the round under way when the ping went unanswered (round 1 or, on a fast
-    # machine, round 2); the abort made it say hello again and the edge took it back.
+    # Evicted in the round under way when the ping went unanswered (round 1, or a later one
+    # if rounds run faster than the timeout); the abort made it say hello again and the edge
+    # took it back for a later round.
     statuses = [r.devices["dev-1"].status for r in report.rounds if "dev-1" in r.devices]
-    assert "dropped" in statuses[:2], statuses
+    assert "dropped" in statuses[:-1], statuses
     assert edge.counters["messages_in.hello"] > hellos_before[0]
     assert statuses[-1] == "ok", statuses

@@ -27,7 +27,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ares.broker_sizing import frame_sizes, model_spec
 from broker import LocalBroker, free_port, probe_mqtt
-from broker.link import MqttLink, MqttSettings
 from broker.pki import issue_client, new_ca
 from broker.probe import connect_packet, parse_connack
 from broker.provision import EDGE_USER, INSPECTOR_USER, BrokerSetup
@@ -37,6 +36,7 @@ from edge_service import EdgeService, EdgeSettings, RunReport
 from schemas import ActivationMeta, DeviceChannel, Topics, encode_frame, to_meta
 from schemas.config_file import load_settings
 from tests.integration.helpers import device_settings, edge_settings, train
+from transport import MqttLink, MqttSettings
 
 pytestmark = pytest.mark.broker
 

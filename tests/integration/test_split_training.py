@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from broker.link import MqttLink
 from device_agent import DeviceAgent
 from edge_service import EdgeService
 from schemas import Topics
 from splitnn.data import BatchStream, load_dataset, shard
 from splitnn.models import ModelSpec, build_model, num_blocks
 from tests.integration.helpers import device_settings, edge_settings, mqtt, train
+from transport import MqttLink
 
 
 def centralised_training(spec: ModelSpec, seed: int, data_seed: int, rounds: int, settings) -> dict:

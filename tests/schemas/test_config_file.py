@@ -8,10 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from ares.cli import main
-from broker.link import LinkError, MqttLink, MqttSettings
 from device_agent import DeviceSettings
 from edge_service import EdgeSettings
 from schemas.config_file import ConfigFileError, describe_error, load_settings, show_settings
+from transport import LinkError, MqttLink, MqttSettings
 
 EDGE_TOML = """
 rounds = 7

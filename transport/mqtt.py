@@ -13,30 +13,25 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from broker.shaping import LinkShaper
-from broker.tasks import BackgroundTasks, cancel_and_wait
-from broker.urls import parse_broker_url
-from schemas.errors import AresError
+from transport.base import Connect, LastWill, LinkError, Message, OnConnect
+from transport.shaping import LinkShaper
+from transport.tasks import BackgroundTasks, cancel_and_wait
+from transport.urls import parse_broker_url
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 2.0  # how long closing a link waits for the broker to see us go
 PENDING_CALLS_WARNING = 1000  # in-flight calls before aiomqtt warns; see _make_client
-
-
-class LinkError(AresError, RuntimeError):
-    """The broker could not be reached, or a publish did not complete in time."""
 
 
 class MqttSettings(BaseModel):
@@ -96,21 +91,22 @@ class MqttSettings(BaseModel):
         return lines[0]
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    payload: bytes
-    retain: bool
+def mqtt_connector(settings: MqttSettings, *, shaper: LinkShaper | None = None) -> Connect:
+    """The production ``Connect``: links to the broker ``settings`` name (through ``shaper``'s
+    emulated rates, if given)."""
 
+    def connect(
+        client_id: str,
+        subscriptions: Sequence[tuple[str, int]],
+        *,
+        will: LastWill | None = None,
+        on_connect: OnConnect | None = None,
+    ) -> MqttLink:
+        return MqttLink(
+            settings, client_id, subscriptions, will=will, on_connect=on_connect, shaper=shaper
+        )
 
-@dataclass(frozen=True, slots=True)
-class LastWill:
-    topic: str
-    payload: bytes
-    retain: bool = True
-
-
-OnConnect = Callable[[], Coroutine[Any, Any, None]]
+    return connect
 
 
 class MqttLink:

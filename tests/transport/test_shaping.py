@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from broker.shaping import LinkShaper, TokenBucket
+from transport.shaping import LinkShaper, TokenBucket
 
 
 def test_delay_matches_the_rate_beyond_the_burst():

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.tasks import cancel_and_wait
+from transport.tasks import cancel_and_wait
 
 
 async def test_cancel_and_wait_stops_the_task():
