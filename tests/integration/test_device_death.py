@@ -9,7 +9,7 @@ import time
 
 from device_agent import DeviceAgent
 from edge_service import EdgeService
-from tests.integration.helpers import device_settings, edge_settings
+from tests.integration.helpers import HANG_S, device_settings, edge_settings, wait_for_connected
 
 
 async def test_killed_device_is_dropped_at_once_and_training_completes(mosquitto):
@@ -41,7 +41,10 @@ async def test_killed_device_is_dropped_at_once_and_training_completes(mosquitto
         print(f"device death to leaving the round: {drop_latency_s[0] * 1e3:.1f} ms")
 
     try:
-        async with asyncio.timeout(180), asyncio.TaskGroup() as tasks:
+        # The edge's registration clock starts once the child process is up (importing torch
+        # takes a busy host a while), not when it was launched.
+        await wait_for_connected(mosquitto, {"dev-1": victim})
+        async with asyncio.timeout(HANG_S), asyncio.TaskGroup() as tasks:
             tasks.create_task(survivor.run())
             tasks.create_task(kill_mid_round())
             report = await edge.run()

@@ -9,7 +9,7 @@ import sys
 import time
 
 from edge_service.checkpoint import read_checkpoint
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import HANG_S, wait_for_connected, wait_until
 
 BOUND_S = 10.0
 
@@ -37,16 +37,21 @@ def rounds_done(path) -> int:
 
 async def test_sigterm_mid_round_exits_zero_within_a_bound(mosquitto, tmp_path):
     report, checkpoint = tmp_path / "report.json", tmp_path / "edge.ckpt"
-    edge = await spawn(
-        "edge", "--broker", mosquitto.url, "--rounds", "50", "--policy", "sl", "--split", "2",
-        "--batch-size", "8", "--torch-threads", "1", "--report", str(report),
-        "--checkpoint", str(checkpoint),
-    )  # fmt: skip
-    device = await spawn(
-        "device", "--broker", mosquitto.url, "--id", "dev-0", "--torch-threads", "1"
-    )
+    processes: list[asyncio.subprocess.Process] = []
     try:
-        await wait_until(lambda: rounds_done(report) >= 1, timeout_s=120)
+        device = await spawn(
+            "device", "--broker", mosquitto.url, "--id", "dev-0", "--torch-threads", "1"
+        )
+        processes.append(device)
+        # The edge's registration clock starts once the device is up, not when it was launched.
+        await wait_for_connected(mosquitto, {"dev-0": device})
+        edge = await spawn(
+            "edge", "--broker", mosquitto.url, "--rounds", "50", "--policy", "sl",
+            "--split", "2", "--batch-size", "8", "--torch-threads", "1",
+            "--report", str(report), "--checkpoint", str(checkpoint),
+        )  # fmt: skip
+        processes.append(edge)
+        await wait_until(lambda: rounds_done(report) >= 1, timeout_s=HANG_S)
         await asyncio.sleep(0.3)  # into the next round
         code, took = await stop(edge)
         print(f"edge: exit {code} {took:.2f} s after SIGTERM")
@@ -61,7 +66,7 @@ async def test_sigterm_mid_round_exits_zero_within_a_bound(mosquitto, tmp_path):
         assert code == 0
         assert took < BOUND_S
     finally:
-        for process in (edge, device):
+        for process in processes:
             if process.returncode is None:
                 process.kill()
                 await process.wait()

@@ -15,7 +15,7 @@ from edge_service import EdgeService
 from schemas import Topics
 from splitnn.data import BatchStream, load_dataset, shard
 from splitnn.models import ModelSpec, build_model, num_blocks
-from tests.integration.helpers import device_settings, edge_settings, mqtt, train
+from tests.integration.helpers import device_settings, edge_settings, mqtt, train, wait_until
 from transport import MqttLink
 
 
@@ -124,7 +124,8 @@ async def test_ares_policy_gives_devices_their_own_cuts_and_publishes_the_plan(m
 
         collector = asyncio.create_task(collect())
         report = await train(edge, agents)
-        await asyncio.sleep(0.2)
+        # Each round's plan was published before its round: wait until all are here.
+        await wait_until(lambda: {p["round"] for p in plans} >= {r.round for r in report.rounds})
         collector.cancel()
 
     assert report.policy == "ares"
