@@ -252,10 +252,11 @@ class EdgeService:
     def _persist(self, round_no: int, plan: RoundPlan) -> None:
         """Report and checkpoint after a round, in a worker thread: both grow with devices x
         rounds (500 x 10: 0.2 s of JSON) and must not stall the event loop. Nothing changes
-        the report while the round loop awaits this."""
+        the report while the round loop awaits this. The checkpoint first: a report never
+        lists a round that a resume after a crash between the two writes would run again."""
+        self._checkpoint(round_no, plan)
         if self.settings.report is not None:
             self.report.write(self.settings.report)
-        self._checkpoint(round_no, plan)
 
     def _checkpoint(self, round_no: int, plan: RoundPlan) -> None:
         path = self.settings.checkpoint
