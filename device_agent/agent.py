@@ -481,7 +481,7 @@ class DeviceAgent:
             # A cached profile is read beside the compute thread, which may still be warming up.
             measured = await asyncio.to_thread(self._cached_timings, spec, batch_size)
             if measured is None:
-                measured = await self._compute(self._host_timings, spec, batch_size)
+                measured = await self._compute(self._measure_timings, spec, batch_size)
             if self.emulation.emulates_compute:
                 await self._compute(self.emulation.prepare, model.name, self._host_timings)
             host = ComputeProfile(
@@ -506,8 +506,10 @@ class DeviceAgent:
     def _host_timings(self, spec: ModelSpec, batch_size: int) -> HostTimings:
         """This host's block timings: from the profile cache, else measured (and cached)."""
         cached = self._cached_timings(spec, batch_size)
-        if cached is not None:
-            return cached
+        return cached if cached is not None else self._measure_timings(spec, batch_size)
+
+    def _measure_timings(self, spec: ModelSpec, batch_size: int) -> HostTimings:
+        """Profile every block here, and cache the result."""
         measured = profile_blocks(spec, batch_size)
         timings = HostTimings(measured.forward_s, measured.backward_s)
         if self._profile_cache is not None:
