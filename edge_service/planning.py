@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from planner import DeviceProfile, ModelProfile, ServerProfile, cost_table
 from planner.policies import POLICIES, PolicyInputs
 from schemas import ComputeProfile, DevicePlanEntry, PowerFigures
 from splitnn.profiling import BlockProfile
+
+if TYPE_CHECKING:
+    from edge_service.settings import EdgeSettings
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,18 @@ class PlanDefaults:
 
     power: PowerFigures
     link_bps: float
+
+    @classmethod
+    def from_settings(cls, settings: EdgeSettings) -> PlanDefaults:
+        """The edge's configured assumptions (``assumed_*`` settings)."""
+        return cls(
+            power=PowerFigures(
+                compute_w=settings.assumed_power_compute_w,
+                transmit_w=settings.assumed_power_transmit_w,
+                receive_w=settings.assumed_power_receive_w,
+            ),
+            link_bps=settings.assumed_link_mbps * 1e6,
+        )
 
 
 @dataclass(frozen=True)

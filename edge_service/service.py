@@ -53,7 +53,6 @@ from schemas import (
     ModelInfo,
     Ping,
     PlanMessage,
-    PowerFigures,
     RoundAbort,
     RoundClose,
     RoundStart,
@@ -175,14 +174,7 @@ class EdgeService:
             alpha=settings.alpha,
             model_name=self.spec.name,
             server=self.server_profile,
-            defaults=PlanDefaults(
-                power=PowerFigures(
-                    compute_w=settings.assumed_power_compute_w,
-                    transmit_w=settings.assumed_power_transmit_w,
-                    receive_w=settings.assumed_power_receive_w,
-                ),
-                link_bps=settings.assumed_link_mbps * 1e6,
-            ),
+            defaults=PlanDefaults.from_settings(settings),
             fixed_split=self.default_split,
             fixed_splits=settings.splits,
         )
