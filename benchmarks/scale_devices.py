@@ -285,7 +285,7 @@ class LightDevice:
                 break
             due = time.monotonic() + self._think()
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if start.split < blocks:
+            if start.cut < blocks:
                 self.tally.slip_s.append(time.monotonic() - due)
                 reply = await self._exchange(start, seq, due)
                 if reply is None:
@@ -296,7 +296,7 @@ class LightDevice:
                 losses.append(meta.loss)
             batches += 1
         weights = WeightsMeta(
-            device_id=self.device_id, round=start.round, split=start.split,
+            device_id=self.device_id, round=start.round, cut=start.cut,
             samples=batches * train.batch_size, batches=batches,
             busy_s=batches * self.fleet.think_s,
             loss=statistics.fmean(losses) if losses else 1.0,
@@ -315,7 +315,7 @@ class LightDevice:
 
     async def _exchange(self, start: RoundStart, seq: int, due: float) -> Frame | None:
         """Publish the batch, wait for its gradient, re-send when late; None: gave up."""
-        shape = self.fleet.cut_shapes[start.split - 1]
+        shape = self.fleet.cut_shapes[start.cut - 1]
         batch = start.train.batch_size
         act = self.numpy_rng.standard_normal((batch, *shape), dtype=np.float32)
         labels = self.numpy_rng.integers(0, self.fleet.num_classes, size=batch, dtype=np.int64)

@@ -30,6 +30,7 @@ from device_agent.sensors import read_battery, read_board_power
 from device_agent.settings import DeviceSettings
 from device_agent.trainer import DeviceTrainer
 from schemas import (
+    PROTOCOL_VERSION,
     ActivationMeta,
     CodecError,
     ComputeProfile,
@@ -44,6 +45,7 @@ from schemas import (
     ModelInfo,
     Ping,
     PowerFigures,
+    ProtocolVersion,
     RoundAbort,
     RoundClose,
     RoundStart,
@@ -134,6 +136,8 @@ class DeviceAgent:
         )
         self.instance = uuid.uuid4().hex[:12]
         self.edge_session: str | None = None
+        # The protocol version the edge speaks: we answer in it (an older edge refuses newer).
+        self.edge_protocol: ProtocolVersion = PROTOCOL_VERSION
         self.rounds_done = 0
         self.finished = asyncio.Event()
         self._link: Link | None = None
@@ -172,7 +176,7 @@ class DeviceAgent:
         subscriptions = [*own, (self.topics.edge_status, 1)]
         will = LastWill(
             self.topics.device(self.device_id, DeviceChannel.STATUS),
-            to_json(DeviceStatus(device_id=self.device_id, state="offline")),
+            to_json(DeviceStatus(device_id=self.device_id, state="offline"), self.edge_protocol),
         )
         link = self._connect(
             f"ares-dev-{self.device_id}", subscriptions, will=will, on_connect=self._announce
@@ -251,6 +255,7 @@ class DeviceAgent:
     def _on_edge_status(self, status: EdgeStatus) -> None:
         if status.state == "stopped":
             return
+        self.edge_protocol = status.v
         if status.session == self.edge_session:
             self._resend_now.set()  # the edge (re)announced itself: it may have missed a batch
             return
@@ -274,7 +279,7 @@ class DeviceAgent:
     ) -> None:
         if isinstance(message, Welcome):
             log.info("%s: registered with edge session %s", self.device_id, message.session)
-            self.edge_session = message.session
+            self.edge_session, self.edge_protocol = message.session, message.v
             self._background.spawn(self._report_profile(message.model, message.batch_size))
         elif isinstance(message, Ping):
             state, round_no = self._state()
@@ -316,7 +321,7 @@ class DeviceAgent:
             await self._compute(self.trainer.start_round, start, frame.tensors)
             await self._compute(self.emulation.prepare, start.model.name, self._host_timings)
             await self._publish_status("training", round_no)
-            log.info("%s: round %d, cut %d, %d batches", self.device_id, round_no, start.split,
+            log.info("%s: round %d, cut %d, %d batches", self.device_id, round_no, start.cut,
                      train.batches)  # fmt: skip
             for seq in range(train.batches):
                 if self._closing_round == round_no:
@@ -324,7 +329,7 @@ class DeviceAgent:
                                 self.device_id, round_no, seq, train.batches)  # fmt: skip
                     break
                 if self.trainer.trains_whole_model:
-                    pace = Pace(("forward", "backward"), start.split, train.batch_size,
+                    pace = Pace(("forward", "backward"), start.cut, train.batch_size,
                                 start.model.name)  # fmt: skip
                     loss, batch = await self._timed(tally, pace, self.trainer.local_step)
                 else:
@@ -360,12 +365,12 @@ class DeviceAgent:
         self, start: RoundStart, seq: int, tally: RoundTally
     ) -> tuple[float, int]:
         """Forward to the cut, exchange with the edge, backward; returns (loss, batch size)."""
-        model, batch, cut = start.model.name, start.train.batch_size, start.split
+        model, batch, cut = start.model.name, start.train.batch_size, start.cut
         act, labels = await self._timed(tally, Pace(("forward",), cut, batch, model),
                                         self.trainer.forward)  # fmt: skip
         meta = ActivationMeta(device_id=self.device_id, round=start.round, seq=seq)
         payload = encode_frame(
-            to_meta(meta), {"act": act, "labels": labels},
+            to_meta(meta, self.edge_protocol), {"act": act, "labels": labels},
             max_bytes=self.settings.mqtt.max_payload_bytes,
         )  # fmt: skip
         reply = await self._exchange(start.round, seq, payload, start.train.batch_timeout_s, tally)
@@ -375,7 +380,7 @@ class DeviceAgent:
 
     async def _upload_weights(self, start: RoundStart, tally: RoundTally) -> None:
         weights = WeightsMeta(
-            device_id=self.device_id, round=start.round, split=start.split,
+            device_id=self.device_id, round=start.round, cut=start.cut,
             samples=tally.samples, batches=tally.batches, busy_s=tally.busy_s,
             loss=tally.loss_sum / tally.samples if tally.samples else None,
             rtt_median_s=statistics.median(tally.round_trips) if tally.round_trips else None,
@@ -383,7 +388,9 @@ class DeviceAgent:
         )  # fmt: skip
         state = await self._compute(self.trainer.state)
         payload = encode_frame(
-            to_meta(weights), state, max_bytes=self.settings.mqtt.max_payload_bytes
+            to_meta(weights, self.edge_protocol),
+            state,
+            max_bytes=self.settings.mqtt.max_payload_bytes,
         )
         sent = time.perf_counter()
         await self._publish(self.topics.device(self.device_id, DeviceChannel.WEIGHTS), payload)
@@ -553,7 +560,7 @@ class DeviceAgent:
             compute=self._timings,
         )
         topic = self.topics.device(self.device_id, DeviceChannel.TELEMETRY)
-        await self._publish(topic, to_json(telemetry))
+        await self._publish(topic, to_json(telemetry, self.edge_protocol))
 
     async def _telemetry_loop(self) -> None:
         while True:
@@ -568,7 +575,7 @@ class DeviceAgent:
         profiled, planned = self._profiled, self._timings
         if profiled is None or planned is None or profiled.host.model != start.model.name:
             return
-        batch, cut = start.train.batch_size, start.split
+        batch, cut = start.train.batch_size, start.cut
         predicted = compute_time_s(planned, cut, batch, tally.batches)
         self._speed_ratio = tally.busy_s / predicted if predicted > 0 else None
         factor = profiled.host_factor(cut, batch, tally.batches, tally.host_s)
@@ -657,7 +664,10 @@ class DeviceAgent:
             link_mode=self.settings.link_mode,
             **self._declared_resources(),
         )
-        await self._publish(self.topics.device(self.device_id, DeviceChannel.HELLO), to_json(hello))
+        await self._publish(
+            self.topics.device(self.device_id, DeviceChannel.HELLO),
+            to_json(hello, self.edge_protocol),
+        )
 
     def _declared_resources(self) -> dict[str, Any]:
         s = self.settings
@@ -688,7 +698,7 @@ class DeviceAgent:
         status = DeviceStatus(device_id=self.device_id, state=state, round=round_no, nonce=nonce)
         topic = self.topics.device(self.device_id, DeviceChannel.STATUS)
         try:
-            await self._publish(topic, to_json(status), retain=True)
+            await self._publish(topic, to_json(status, self.edge_protocol), retain=True)
         except LinkError as exc:  # informative; the will covers the one that matters (offline)
             log.warning("%s: status not published: %s", self.device_id, exc)
 

@@ -35,7 +35,7 @@ class DeviceTrainer:
         bad = [k for k, a in state.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
         if bad:
             raise ValueError(f"the edge sent non-finite weights for {', '.join(bad[:3])}")
-        part = build_part(spec, 0, start.split)
+        part = build_part(spec, 0, start.cut)
         load_part_state(part, arrays_to_state(state))
         part.train()
         train = start.train
@@ -44,7 +44,7 @@ class DeviceTrainer:
             part.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
         )
         self._wire_dtype = getattr(torch, train.wire_dtype)
-        self.trains_whole_model = start.split == num_blocks(spec)
+        self.trains_whole_model = start.cut == num_blocks(spec)
         # The data order continues across rounds; a new batch size starts a new order.
         if self._stream is None or self._stream.batch_size != train.batch_size:
             self._stream = BatchStream(len(self.data), train.batch_size, self.seed)

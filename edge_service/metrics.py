@@ -27,7 +27,7 @@ class DeviceView:
     """What the metrics show of one registered device."""
 
     state: str
-    split: int | None
+    cut: int | None
     uplink_bps: float | None
     downlink_bps: float | None
     battery_pct: float | None
@@ -133,7 +133,7 @@ def _devices(view: EdgeView) -> Iterator[Any]:
     )
     for device_id, device in sorted(view.devices.items()):
         for family, value in (
-            (split, device.split),
+            (split, device.cut),
             (up, device.uplink_bps),
             (down, device.downlink_bps),
             (battery, device.battery_pct),

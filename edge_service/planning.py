@@ -70,7 +70,7 @@ class RoundPlan:
 
     @property
     def splits(self) -> dict[str, int]:
-        return {device_id: entry.split for device_id, entry in self.devices.items()}
+        return {device_id: entry.cut for device_id, entry in self.devices.items()}
 
 
 class SplitPlanner:
@@ -136,7 +136,7 @@ class SplitPlanner:
         )
         entries = {
             a.device_id: DevicePlanEntry(
-                split=a.cut,
+                cut=a.cut,
                 predicted_time_s=a.time_s,
                 predicted_energy_j=a.energy_j,
                 reason=a.reason,
@@ -145,7 +145,7 @@ class SplitPlanner:
             for a, source in zip(plan.assignments, sources, strict=True)
             if a.cut is not None
         }
-        self._previous = {d: e.split for d, e in entries.items()}
+        self._previous = {d: e.cut for d, e in entries.items()}
         return RoundPlan(
             policy=self.policy,
             alpha=self.alpha,
@@ -181,9 +181,7 @@ class SplitPlanner:
             device_id=device_id,
             forward_s=forward,
             backward_s=backward,
-            power_compute_w=power.compute_w,
-            power_tx_w=power.transmit_w,
-            power_rx_w=power.receive_w,
+            power=power,
             samples=readings.samples,
             uplink_bps=uplink,
             downlink_bps=downlink,

@@ -59,7 +59,7 @@ class DeviceResult:
     """What one device contributed to a round."""
 
     device_id: str
-    split: int
+    cut: int
     status: Outcome
     batches: int = 0
     samples: int = 0
@@ -89,7 +89,7 @@ class DeviceResult:
 @dataclass
 class DeviceRound:
     device_id: str
-    split: int
+    cut: int
     train: TrainConfig
     device_state: dict[str, torch.Tensor]  # what the device started from (keys, shapes, dtypes)
     session: ServerSession | None  # None when the whole model runs on the device
@@ -110,25 +110,25 @@ def prepare_parts(
     global_state: dict[str, torch.Tensor],
     plan: dict[str, tuple[int, TrainConfig]],
 ) -> Parts:
-    """Per device: its part of the global state and its server session (None: no split).
+    """Per device: its part of the global state and its server session (None: no cut).
 
     Only torch work and no asyncio objects, so the service runs it in a worker thread: at
     about 1 ms a device, building 500 sessions on the event loop stalled it for 0.5 s.
     """
     parts: Parts = {}
     blocks = num_blocks(ctx.spec)
-    for device_id, (split, train) in plan.items():
-        device_state, server_state = split_state(global_state, ctx.spec, split)
+    for device_id, (cut, train) in plan.items():
+        device_state, server_state = split_state(global_state, ctx.spec, cut)
         session = None
-        if split < blocks:
+        if cut < blocks:
             session = ServerSession(
                 device_id=device_id,
                 round_no=round_no,
                 spec=ctx.spec,
-                split=split,
+                cut=cut,
                 server_state=server_state,
                 train=train,
-                act_shape=tuple(cut_shapes(ctx.spec)[split - 1]),
+                act_shape=tuple(cut_shapes(ctx.spec)[cut - 1]),
                 torch_device=ctx.torch_device,
                 max_frame_bytes=ctx.max_frame_bytes,
             )
@@ -144,7 +144,7 @@ class RoundRunner:
         ctx: RoundContext,
         round_no: int,
         global_state: dict[str, torch.Tensor],
-        plan: dict[str, tuple[int, TrainConfig]],  # device id -> (split, training config)
+        plan: dict[str, tuple[int, TrainConfig]],  # device id -> (cut, training config)
         parts: Parts | None = None,  # prepare_parts(...) done beforehand (off the loop)
     ) -> None:
         self.ctx = ctx
@@ -152,8 +152,8 @@ class RoundRunner:
         if parts is None:
             parts = prepare_parts(ctx, round_no, global_state, plan)
         self.devices: dict[str, DeviceRound] = {
-            device_id: DeviceRound(device_id, split, train, *parts[device_id])
-            for device_id, (split, train) in plan.items()
+            device_id: DeviceRound(device_id, cut, train, *parts[device_id])
+            for device_id, (cut, train) in plan.items()
         }
 
     async def run(self, timeout_s: float) -> list[DeviceResult]:
@@ -189,14 +189,14 @@ class RoundRunner:
     def deliver_activation(self, device_id: str, meta: ActivationMeta, frame: Frame) -> None:
         device = self._running(device_id)
         if device.session is None:
-            raise Rejected("bad_split", "this device trains the whole model; no activations")
+            raise Rejected("bad_cut", "this device trains the whole model; no activations")
         device.inbox.put_nowait((meta, frame, time.perf_counter()))
 
     def deliver_weights(self, device_id: str, meta: WeightsMeta, frame: Frame) -> None:
         """Validate a device's uploaded part and complete its round."""
         device = self._running(device_id)
-        if meta.split != device.split:
-            raise Rejected("bad_split", f"weights for cut {meta.split}, expected {device.split}")
+        if meta.cut != device.cut:
+            raise Rejected("bad_cut", f"weights for cut {meta.cut}, expected {device.cut}")
         received = frame.tensors
         if set(received) != set(device.device_state):
             missing = sorted(set(device.device_state) - set(received))[:3]
@@ -221,7 +221,7 @@ class RoundRunner:
             status = "straggler" if self.ctx.count_partial else "late"
         result = DeviceResult(
             device_id,
-            device.split,
+            device.cut,
             status,
             busy_s=meta.busy_s,
             rtt_median_s=meta.rtt_median_s,
@@ -270,7 +270,7 @@ class RoundRunner:
     def _finish(self, device: DeviceRound, status: Outcome, detail: str) -> None:
         if device.result.done():
             return
-        result = DeviceResult(device.device_id, device.split, status, detail=detail)
+        result = DeviceResult(device.device_id, device.cut, status, detail=detail)
         if device.session is not None:
             stats = device.session.stats
             result.batches, result.samples, result.server_s = (

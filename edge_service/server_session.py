@@ -33,7 +33,7 @@ class SessionStats:
 
 
 class ServerSession:
-    """Server part of the model for one device and one round (not used when split == L)."""
+    """Server part of the model for one device and one round (not used when cut == L)."""
 
     def __init__(
         self,
@@ -41,7 +41,7 @@ class ServerSession:
         device_id: str,
         round_no: int,
         spec: ModelSpec,
-        split: int,
+        cut: int,
         server_state: dict[str, torch.Tensor],
         train: TrainConfig,
         act_shape: tuple[int, ...],
@@ -50,13 +50,13 @@ class ServerSession:
     ) -> None:
         self.device_id = device_id
         self.round_no = round_no
-        self.split = split
+        self.cut = cut
         self.train = train
         self.act_shape = act_shape
         self.num_classes = spec.num_classes
         self.max_frame_bytes = max_frame_bytes
         self.torch_device = torch_device
-        self.part: nn.Module = build_part(spec, split, num_blocks(spec))
+        self.part: nn.Module = build_part(spec, cut, num_blocks(spec))
         load_part_state(self.part, server_state)
         self.part.to(torch_device).train()
         self.optimizer = torch.optim.SGD(
@@ -84,7 +84,7 @@ class ServerSession:
             raise Rejected(
                 "bad_shape",
                 f"act has shape {act.shape}, expected (1..{self.train.batch_size}, "
-                f"{', '.join(map(str, self.act_shape))}) at cut {self.split}",
+                f"{', '.join(map(str, self.act_shape))}) at cut {self.cut}",
             )
         if labels.dtype != np.int64 or labels.shape != (batch,):
             raise Rejected("bad_labels", f"labels must be int64 of shape ({batch},)")

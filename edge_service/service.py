@@ -331,7 +331,7 @@ class EdgeService:
             link = record.measured_link or (record.hello.uplink_bps, record.hello.downlink_bps)
             devices[device_id] = DeviceView(
                 state=record.state,
-                split=last[device_id].split if device_id in last else None,
+                cut=last[device_id].cut if device_id in last else None,
                 uplink_bps=link[0],
                 downlink_bps=link[1],
                 battery_pct=record.telemetry.battery_pct if record.telemetry else None,
@@ -413,7 +413,7 @@ class EdgeService:
         )
         deadline = self._round_deadline(round_plan)
         plan = {
-            device_id: (entry.split, self._train_config(device_id, batches[device_id], entry))
+            device_id: (entry.cut, self._train_config(device_id, batches[device_id], entry))
             for device_id, entry in round_plan.devices.items()
         }
         # Off the event loop: hundreds of server sessions take a good part of a second.
@@ -438,11 +438,11 @@ class EdgeService:
                      round_plan.objective)  # fmt: skip
             for device_id, entry in round_plan.devices.items():
                 log.info("  %s: cut %d, %.2f s, %.2f J predicted; %s [%s]", device_id,
-                         entry.split, entry.predicted_time_s, entry.predicted_energy_j,
+                         entry.cut, entry.predicted_time_s, entry.predicted_energy_j,
                          entry.reason, entry.inputs)  # fmt: skip
             await gather_bounded(
-                self._start_device(runner, d, split, train, deadline)
-                for d, (split, train) in plan.items()
+                self._start_device(runner, d, cut, train, deadline)
+                for d, (cut, train) in plan.items()
             )
             results = await runner.run(deadline)
         finally:
@@ -458,14 +458,14 @@ class EdgeService:
         return round_plan, results
 
     async def _start_device(
-        self, runner: RoundRunner, device_id: str, split: int, train: TrainConfig, deadline: float
+        self, runner: RoundRunner, device_id: str, cut: int, train: TrainConfig, deadline: float
     ) -> None:
         # The runner already cut this device's part from the global model.
         device_state = runner.devices[device_id].device_state
         message = RoundStart(
             session=self.session,
             round=runner.round_no,
-            split=split,
+            cut=cut,
             model=self._model_info(),
             train=train,
             deadline_s=deadline,
@@ -530,7 +530,7 @@ class EdgeService:
     ) -> None:
         devices = {
             r.device_id: DeviceRoundReport(
-                split=r.split,
+                cut=r.cut,
                 predicted_time_s=round(plan.devices[r.device_id].predicted_time_s, 4),
                 predicted_energy_j=round(plan.devices[r.device_id].predicted_energy_j, 4),
                 status=r.status,
@@ -605,7 +605,7 @@ class EdgeService:
         bits = 8.0 * sum(
             t.numel() * t.element_size()
             for k, t in self.global_state.items()
-            if block_index(k) < result.split
+            if block_index(k) < result.cut
         )
         up = down = self.settings.assumed_link_mbps * 1e6
         if record is not None:

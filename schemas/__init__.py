@@ -10,6 +10,7 @@ from schemas.codec import (
 )
 from schemas.messages import (
     PROTOCOL_VERSION,
+    PROTOCOL_VERSIONS,
     ActivationMeta,
     ComputeProfile,
     CtrlMessage,
@@ -24,6 +25,7 @@ from schemas.messages import (
     Ping,
     PlanMessage,
     PowerFigures,
+    ProtocolVersion,
     RoundAbort,
     RoundClose,
     RoundStart,
@@ -47,6 +49,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_PREFIX",
     "PROTOCOL_VERSION",
+    "PROTOCOL_VERSIONS",
     "SUPPORTED_DTYPES",
     "ActivationMeta",
     "CodecError",
@@ -65,6 +68,7 @@ __all__ = [
     "Ping",
     "PlanMessage",
     "PowerFigures",
+    "ProtocolVersion",
     "RoundAbort",
     "RoundClose",
     "RoundStart",

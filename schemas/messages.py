@@ -1,9 +1,14 @@
-"""Pydantic models of every message on the wire (protocol version 1).
+"""Pydantic models of every message on the wire (protocol version 2).
 
 Human-facing messages (hello, status, telemetry, error, edge status, plan) travel as JSON so MQTT
 Explorer shows them as they are. Control, activation, gradient and weight messages travel as
 msgpack frames (see ``schemas.codec``) whose ``meta`` map is one of the models below.
 Every model is frozen, rejects unknown fields and carries ``v``, the protocol version.
+
+Version 2 calls the split point ``cut`` everywhere (version 1 said ``split`` in the plan, the
+round start and the weights). Both versions are read; a version-1 message is upgraded before it
+is validated, and ``to_json`` / ``to_meta`` write version 1 for a peer that speaks it, so a
+fleet can be upgraded one side at a time (edge first: an edge of version 1 refuses version 2).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from schemas.errors import AresError
 from schemas.topics import validate_device_id
 
-PROTOCOL_VERSION: Literal[1] = 1
+ProtocolVersion = Literal[1, 2]
+PROTOCOL_VERSION: Literal[2] = 2
+PROTOCOL_VERSIONS: tuple[ProtocolVersion, ...] = get_args(ProtocolVersion)
 
 DeviceId = Annotated[str, AfterValidator(validate_device_id)]
 RoundNo = Annotated[int, Field(ge=0)]
@@ -49,7 +56,7 @@ class SchemaError(AresError, ValueError):
 class WireModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: ProtocolVersion = PROTOCOL_VERSION
 
 
 # --- device -> edge (JSON) -------------------------------------------------------------------
@@ -162,7 +169,7 @@ class EdgeStatus(WireModel):
 
 
 class DevicePlanEntry(WireModel):
-    split: Annotated[int, Field(ge=1)]
+    cut: Annotated[int, Field(ge=1)]
     predicted_time_s: float
     predicted_energy_j: float
     reason: str  # why this cut (and why it changed or stayed)
@@ -170,7 +177,7 @@ class DevicePlanEntry(WireModel):
 
 
 class PlanMessage(WireModel):
-    """Retained on the plan topic: every device's split point for a round, and why."""
+    """Retained on the plan topic: every device's cut for a round, and why."""
 
     kind: Literal["plan"] = "plan"
     session: str
@@ -215,12 +222,12 @@ class Welcome(WireModel):
 
 
 class RoundStart(WireModel):
-    """Starts a round; the frame's tensors are the device part's weights for ``split``."""
+    """Starts a round; the frame's tensors are the device part's weights for ``cut``."""
 
     kind: Literal["round_start"] = "round_start"
     session: str
     round: RoundNo
-    split: Annotated[int, Field(ge=1)]
+    cut: Annotated[int, Field(ge=1)]
     model: ModelInfo
     train: TrainConfig
     deadline_s: Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -297,7 +304,7 @@ class WeightsMeta(RoundTraffic):
     """Tensors: the device part's state dict after the round."""
 
     kind: Literal["weights"] = "weights"
-    split: Annotated[int, Field(ge=1)]
+    cut: Annotated[int, Field(ge=1)]
     samples: Count
     batches: Count
     busy_s: Seconds
@@ -318,13 +325,17 @@ _CTRL: TypeAdapter[Welcome | RoundStart | RoundClose | RoundAbort | Ping | Finis
 )
 
 
-def to_json(message: WireModel) -> bytes:
-    return message.model_dump_json().encode()
+def to_json(message: WireModel, version: ProtocolVersion = PROTOCOL_VERSION) -> bytes:
+    """``message`` as JSON, in ``version`` of the protocol (a peer's, if it is older)."""
+    if version == PROTOCOL_VERSION:
+        return message.model_dump_json().encode()
+    return json.dumps(to_meta(message, version), separators=(",", ":")).encode()
 
 
-def to_meta(message: WireModel) -> dict[str, Any]:
-    """The plain map that goes into a frame's ``meta``."""
-    return message.model_dump(mode="json")
+def to_meta(message: WireModel, version: ProtocolVersion = PROTOCOL_VERSION) -> dict[str, Any]:
+    """The plain map that goes into a frame's ``meta``, in ``version`` of the protocol."""
+    data: dict[str, Any] = message.model_dump(mode="json")
+    return _as_v1(data) if version == 1 else data
 
 
 def parse_json(model: type[M], payload: bytes | bytearray) -> M:
@@ -339,19 +350,54 @@ def parse_json(model: type[M], payload: bytes | bytearray) -> M:
 
 
 def parse_meta(model: type[M], data: object) -> M:
-    if isinstance(data, dict) and data.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-        raise SchemaError("bad_version", f"protocol version {data.get('v')!r} is not supported")
     try:
-        return model.model_validate(data)
+        return model.model_validate(_upgraded(data))
     except ValidationError as exc:
         raise SchemaError("bad_schema", _summarise(exc)) from None
 
 
 def parse_ctrl(data: object) -> Welcome | RoundStart | RoundClose | RoundAbort | Ping | Finish:
     try:
-        return _CTRL.validate_python(data)
+        return _CTRL.validate_python(_upgraded(data))
     except ValidationError as exc:
         raise SchemaError("bad_schema", _summarise(exc)) from None
+
+
+# Version 1 named the cut "split" in these messages (in the plan: in each device's entry).
+_V1_SPLIT_KINDS = ("round_start", "weights")
+
+
+def _upgraded(data: object) -> object:
+    """A version-1 message in version 2's words; anything else as it is (or refused)."""
+    if not isinstance(data, dict):
+        return data
+    version = data.get("v", PROTOCOL_VERSION)
+    if version not in PROTOCOL_VERSIONS:
+        raise SchemaError("bad_version", f"protocol version {version!r} is not supported")
+    if version != 1:
+        return data
+    data = _renamed(data, "split", "cut") if data.get("kind") in _V1_SPLIT_KINDS else data
+    devices = data.get("devices")
+    if data.get("kind") == "plan" and isinstance(devices, dict):
+        data = {**data, "devices": {d: _renamed(e, "split", "cut") for d, e in devices.items()}}
+    return data
+
+
+def _as_v1(data: dict[str, Any]) -> dict[str, Any]:
+    data = {**data, "v": 1}
+    if data.get("kind") in _V1_SPLIT_KINDS:
+        renamed: dict[str, Any] = _renamed(data, "cut", "split")
+        return renamed
+    if data.get("kind") == "plan":
+        devices = data["devices"]
+        return {**data, "devices": {d: _renamed(e, "cut", "split") for d, e in devices.items()}}
+    return data
+
+
+def _renamed(entry: Any, old: str, new: str) -> Any:
+    if not isinstance(entry, dict) or old not in entry:
+        return entry
+    return {(new if key == old else key): value for key, value in entry.items()}
 
 
 def _summarise(exc: ValidationError) -> str:

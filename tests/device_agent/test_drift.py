@@ -79,7 +79,7 @@ def test_the_agent_plans_its_next_round_with_the_drift_it_measured() -> None:
     agent._profiled = DeviceTimings(HOST, BOARD)
     agent._timings = BOARD
     start = RoundStart(
-        session="s", round=3, split=2, deadline_s=60.0,
+        session="s", round=3, cut=2, deadline_s=60.0,
         model=ModelInfo(name="vgg5", in_channels=3, image_size=32, num_classes=10),
         train=TrainConfig(batch_size=10, batches=5, lr=0.01, batch_timeout_s=5.0),
     )  # fmt: skip

@@ -474,7 +474,7 @@ def round_start(round_no: int, split: int, batch_timeout_s: float = 0.01) -> Rou
     return RoundStart(
         session="s",
         round=round_no,
-        split=split,
+        cut=split,
         model=MODEL,
         train=TrainConfig(lr=0.01, batch_size=8, batches=2, batch_timeout_s=batch_timeout_s),
         deadline_s=10,

@@ -45,7 +45,7 @@ def make_report() -> dict:
             objective=0.75,
             devices={
                 "dev-0": DeviceRoundReport(
-                    split=2,
+                    cut=2,
                     predicted_time_s=1.0,
                     predicted_energy_j=2.0,
                     status="ok",

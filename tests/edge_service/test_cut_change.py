@@ -26,7 +26,7 @@ def train_round(state: dict[str, torch.Tensor], cut: int, round_no: int) -> dict
     start = RoundStart(
         session="s",
         round=round_no,
-        split=cut,
+        cut=cut,
         model=ModelInfo(name="vgg5", in_channels=3, image_size=32, num_classes=10),
         train=TRAIN,
         deadline_s=60,
@@ -36,7 +36,7 @@ def train_round(state: dict[str, torch.Tensor], cut: int, round_no: int) -> dict
         device_id="d",
         round_no=round_no,
         spec=SPEC,
-        split=cut,
+        cut=cut,
         server_state=server_state,
         train=TRAIN,
         act_shape=tuple(cut_shapes(SPEC)[cut - 1]),

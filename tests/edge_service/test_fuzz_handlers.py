@@ -427,7 +427,7 @@ def small_frame(channel: DeviceChannel, seed: int) -> tuple[DeviceChannel, bytes
     meta: dict[str, Any] = {"v": 1, "kind": "act", "device_id": REGISTERED, "round": 1, "seq": 0}
     if channel is DeviceChannel.WEIGHTS:
         meta = to_meta(
-            WeightsMeta(device_id=REGISTERED, round=1, split=2, samples=3, batches=1, busy_s=0.5)
+            WeightsMeta(device_id=REGISTERED, round=1, cut=2, samples=3, batches=1, busy_s=0.5)
         )
     tensors: dict[str, np.ndarray] = {
         "act": np.arange(6, dtype=np.float32).reshape(2, 3) + seed,
@@ -789,14 +789,14 @@ async def test_garbage_weights_never_complete_the_round(edge, open_round, defect
         array = state[name].astype(np.float32)
         array.reshape(-1)[knob % array.size] = [np.nan, np.inf, -np.inf][knob % 3]
         state[name] = array
-    meta = to_meta(WeightsMeta(device_id=REGISTERED, round=open_round.round_no, split=split,
+    meta = to_meta(WeightsMeta(device_id=REGISTERED, round=open_round.round_no, cut=split,
                                samples=8, batches=1, busy_s=0.1))  # fmt: skip
     if "stale_round" in defects:
         meta["round"] = open_round.round_no + 1 + knob % 3
     if "claims_other" in defects:
         meta["device_id"] = BYSTANDER
     if "bad_meta" in defects:
-        meta[["samples", "busy_s", "split"][knob % 3]] = -1
+        meta[["samples", "busy_s", "cut"][knob % 3]] = -1
     topic_id = BYSTANDER if "not_in_round" in defects else REGISTERED
     if "not_in_round" in defects and "claims_other" not in defects:
         meta["device_id"] = BYSTANDER
@@ -831,7 +831,7 @@ async def test_a_valid_batch_is_applied_once_and_valid_weights_end_the_round(edg
     assert len(edge.link.on(grads)) == sent + 2
 
     state = {k: v.numpy() for k, v in device.device_state.items()}
-    meta = WeightsMeta(device_id=REGISTERED, round=open_round.round_no, split=SPLIT, samples=BATCH,
+    meta = WeightsMeta(device_id=REGISTERED, round=open_round.round_no, cut=SPLIT, samples=BATCH,
                        batches=1, busy_s=0.1)  # fmt: skip
     weights = encode_frame(to_meta(meta), state)
     assert await drive(edge, "weights/round open", REGISTERED, DeviceChannel.WEIGHTS, weights) == (

@@ -16,7 +16,7 @@ from tests.integration.helpers import device_settings, edge_settings, wait_until
 
 def _device_round(status: str, energy: float) -> DeviceRoundReport:
     return DeviceRoundReport(
-        split=2, predicted_time_s=1.0, predicted_energy_j=2.0, status=status, batches=3,
+        cut=2, predicted_time_s=1.0, predicted_energy_j=2.0, status=status, batches=3,
         samples=96, busy_s=1.0, server_s=0.1, train_loss=0.5, rtt_median_s=0.01,
         energy_j=energy, uplink_mbps=20.0, downlink_mbps=20.0, battery_pct=None,
         link_mode="direct", emulation_behind_s=0.0,

@@ -82,7 +82,7 @@ async def test_ares_moves_the_cut_of_the_device_whose_link_dropped(tmp_path):
                         runner = edge._round
                         slot = runner.devices.get("pi-b") if runner else None
                         # An early cut: big activations cross the link every batch.
-                        if slot is None or slot.session is None or slot.split > 3:
+                        if slot is None or slot.session is None or slot.cut > 3:
                             return False
                         return slot.session.next_seq >= 2
 

@@ -135,7 +135,7 @@ async def test_ares_policy_gives_devices_their_own_cuts_and_publishes_the_plan(m
     assert last["dev-0"].predicted_energy_j > 0
     assert plans
     assert plans[-1]["policy"] == "ares"
-    assert plans[-1]["devices"]["dev-0"]["split"] == last["dev-0"].split
+    assert plans[-1]["devices"]["dev-0"]["cut"] == last["dev-0"].split
     assert "measured" in plans[-1]["devices"]["dev-0"]["inputs"]
     # Round 1 plans with what dev-1 declared; later rounds with what it measured on its link.
     assert "link declared" in plans[0]["devices"]["dev-1"]["inputs"]
