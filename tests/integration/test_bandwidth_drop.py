@@ -106,7 +106,7 @@ async def test_ares_moves_the_cut_of_the_device_whose_link_dropped(tmp_path):
                     process.kill()
                 await process.wait()
 
-    splits = {r.round: r.devices["pi-b"].split for r in report.rounds}
+    splits = {r.round: r.devices["pi-b"].cut for r in report.rounds}
     print("link dropped in round", drop_round, "; pi-b cut per round:", splits,
           "uplink estimates:", [r.devices["pi-b"].uplink_mbps for r in report.rounds])  # fmt: skip
     assert drop_round, "pi-b never sent activations at an early cut: its link was not dropped"

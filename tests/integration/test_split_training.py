@@ -79,7 +79,7 @@ async def test_three_devices_learn_well_above_chance(mosquitto):
 
     assert len(report.rounds) == 5
     last = report.rounds[-1]
-    assert {d: r.split for d, r in last.devices.items()} == {"dev-0": 1, "dev-1": 2, "dev-2": 4}
+    assert {d: r.cut for d, r in last.devices.items()} == {"dev-0": 1, "dev-1": 2, "dev-2": 4}
     # Devices train on disjoint shards that together cover the training set.
     samples = sum(r.samples for r in last.devices.values())
     assert samples == len(load_dataset("digits", "train"))
@@ -130,12 +130,12 @@ async def test_ares_policy_gives_devices_their_own_cuts_and_publishes_the_plan(m
 
     assert report.policy == "ares"
     last = report.rounds[-1].devices
-    assert last["dev-0"].split == num_blocks(edge.spec)  # nothing crosses the slow link
+    assert last["dev-0"].cut == num_blocks(edge.spec)  # nothing crosses the slow link
     assert last["dev-0"].predicted_time_s > 0
     assert last["dev-0"].predicted_energy_j > 0
     assert plans
     assert plans[-1]["policy"] == "ares"
-    assert plans[-1]["devices"]["dev-0"]["cut"] == last["dev-0"].split
+    assert plans[-1]["devices"]["dev-0"]["cut"] == last["dev-0"].cut
     assert "measured" in plans[-1]["devices"]["dev-0"]["inputs"]
     # Round 1 plans with what dev-1 declared; later rounds with what it measured on its link.
     assert "link declared" in plans[0]["devices"]["dev-1"]["inputs"]
