@@ -263,8 +263,8 @@ def cost_table(
         param_bytes=model.param_bytes,
         uplink_bps=np.array([d.uplink_bps for d in devices], dtype=np.float64),
         downlink_bps=np.array([d.downlink_bps for d in devices], dtype=np.float64),
-        power_tx_w=np.array([d.power_tx_w for d in devices], dtype=np.float64),
-        power_rx_w=np.array([d.power_rx_w for d in devices], dtype=np.float64),
+        power_tx_w=np.array([d.power.transmit_w for d in devices], dtype=np.float64),
+        power_rx_w=np.array([d.power.receive_w for d in devices], dtype=np.float64),
     )
 
 

@@ -85,6 +85,7 @@ from planner.paper import (
     vgg5_model,
 )
 from planner.profiles import DeviceProfile, ModelProfile, ServerProfile
+from schemas import PowerFigures
 from schemas.messages import WIRE_DTYPES, wire_itemsize
 
 __all__ = [
@@ -430,9 +431,7 @@ def _base_profile(
                 backward_s=board.backward_s
                 if scale == 1.0
                 else tuple(scale * t for t in board.backward_s),
-                power_compute_w=power.get("compute_w", board.power_compute_w),
-                power_tx_w=power.get("transmit_w", board.power_tx_w),
-                power_rx_w=power.get("receive_w", board.power_rx_w),
+                power=board.power.model_copy(update=power),
             ),
         )
     forward, backward = _block_times(entry, path, context)
@@ -449,9 +448,7 @@ def _base_profile(
             device_id=device_id,
             forward_s=forward,
             backward_s=backward,
-            power_compute_w=power["compute_w"],
-            power_tx_w=power["transmit_w"],
-            power_rx_w=power["receive_w"],
+            power=PowerFigures(**power),
             samples=samples,
             uplink_bps=uplink_bps,
             downlink_bps=downlink_bps,

@@ -22,10 +22,10 @@ compute times of a Jetson Nano in MAXN mode and a Raspberry Pi 3B+; board power 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from planner.profiles import DeviceProfile, ModelProfile, ServerProfile, per_block_from_cumulative
+from schemas import PowerFigures
 
 __all__ = [
     "NANO_5W_POWER",
@@ -34,7 +34,6 @@ __all__ = [
     "NANO_MODES",
     "PI_POWER",
     "NanoMode",
-    "PowerFigures",
     "edge_server",
     "jetson_nano",
     "paper_testbed",
@@ -88,19 +87,11 @@ PI_MEMORY_BYTES = 512 * 1024**2
 NANO_MEMORY_BYTES = 2 * 1024**3
 
 
-@dataclass(frozen=True, slots=True)
-class PowerFigures:
-    """Board power in watts while computing, transmitting and receiving."""
-
-    compute_w: float
-    tx_w: float
-    rx_w: float
-
-
-NANO_MAXN_POWER = PowerFigures(7.253, 2.320, 2.260)
-NANO_5W_POWER = PowerFigures(4.205, 1.917, 1.912)
-NANO_LOW_POWER = PowerFigures(2.396, 1.754, 1.755)
-PI_POWER = PowerFigures(3.8, 1.1, 0.8)
+# Board power in watts while computing, transmitting and receiving.
+NANO_MAXN_POWER = PowerFigures(compute_w=7.253, transmit_w=2.320, receive_w=2.260)
+NANO_5W_POWER = PowerFigures(compute_w=4.205, transmit_w=1.917, receive_w=1.912)
+NANO_LOW_POWER = PowerFigures(compute_w=2.396, transmit_w=1.754, receive_w=1.755)
+PI_POWER = PowerFigures(compute_w=3.8, transmit_w=1.1, receive_w=0.8)
 
 NANO_POWER: dict[NanoMode, PowerFigures] = {
     "maxn": NANO_MAXN_POWER,
@@ -136,14 +127,11 @@ def jetson_nano(
 ) -> DeviceProfile:
     """A Jetson Nano in ``mode`` (see the module docstring for the non-MAXN assumptions)."""
     slowdown = NANO_SLOWDOWN[mode]
-    power = NANO_POWER[mode]
     return DeviceProfile(
         device_id=device_id,
         forward_s=_scaled(NANO_MAXN_FORWARD_CUMULATIVE, slowdown),
         backward_s=_scaled(NANO_MAXN_BACKWARD_CUMULATIVE, slowdown),
-        power_compute_w=power.compute_w,
-        power_tx_w=power.tx_w,
-        power_rx_w=power.rx_w,
+        power=NANO_POWER[mode],
         samples=samples,
         uplink_bps=uplink_bps,
         downlink_bps=uplink_bps if downlink_bps is None else downlink_bps,
@@ -165,9 +153,7 @@ def raspberry_pi(
         device_id=device_id,
         forward_s=per_block_from_cumulative(PI_FORWARD_CUMULATIVE),
         backward_s=per_block_from_cumulative(PI_BACKWARD_CUMULATIVE),
-        power_compute_w=PI_POWER.compute_w,
-        power_tx_w=PI_POWER.tx_w,
-        power_rx_w=PI_POWER.rx_w,
+        power=PI_POWER,
         samples=samples,
         uplink_bps=uplink_bps,
         downlink_bps=uplink_bps if downlink_bps is None else downlink_bps,

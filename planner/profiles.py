@@ -52,7 +52,7 @@ class DeviceProfile:
     """One device's costs and resources.
 
     ``forward_s[i]`` / ``backward_s[i]``: seconds per batch of block ``i`` on this device.
-    ``power_*_w``: board power while computing, transmitting and receiving (P_c, P_t, P_r).
+    ``power``: board power while computing, transmitting and receiving (P_c, P_t, P_r).
     ``memory_bytes``: memory available for training (None: unlimited).
     ``allowed_cuts``: cuts this device may use (None: all ``1..L``).
     ``battery_fraction``: charge left in ``[0, 1]`` (None: mains powered).
@@ -66,9 +66,7 @@ class DeviceProfile:
     device_id: str
     forward_s: tuple[float, ...]
     backward_s: tuple[float, ...]
-    power_compute_w: float
-    power_tx_w: float
-    power_rx_w: float
+    power: PowerFigures
     samples: int
     uplink_bps: float
     downlink_bps: float
@@ -77,14 +75,6 @@ class DeviceProfile:
     battery_fraction: float | None = None
     overhead_s: float = 0.0
     wire_scale: float = 1.0
-
-    @property
-    def power(self) -> PowerFigures:
-        return PowerFigures(
-            compute_w=self.power_compute_w,
-            transmit_w=self.power_tx_w,
-            receive_w=self.power_rx_w,
-        )
 
     def __post_init__(self) -> None:
         if not isinstance(self.device_id, str) or not self.device_id:
@@ -100,8 +90,9 @@ class DeviceProfile:
         # Lists are accepted for convenience but stored as tuples so the profile stays immutable.
         object.__setattr__(self, "forward_s", forward)
         object.__setattr__(self, "backward_s", backward)
-        for name in ("power_compute_w", "power_tx_w", "power_rx_w", "overhead_s"):
-            _check_scalar(name, getattr(self, name), positive=False)
+        if not isinstance(self.power, PowerFigures):  # validated (finite, >= 0) when built
+            raise PlanningError("power", f"must be a PowerFigures, got {self.power!r}")
+        _check_scalar("overhead_s", self.overhead_s, positive=False)
         for name in ("uplink_bps", "downlink_bps", "wire_scale"):
             _check_scalar(name, getattr(self, name), positive=True)
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:

@@ -127,9 +127,9 @@ def _from_device(name: str, description: str, device: DeviceProfile) -> Emulatio
         description=description,
         forward_s=device.forward_s,
         backward_s=device.backward_s,
-        power_compute_w=device.power_compute_w,
-        power_transmit_w=device.power_tx_w,
-        power_receive_w=device.power_rx_w,
+        power_compute_w=device.power.compute_w,
+        power_transmit_w=device.power.transmit_w,
+        power_receive_w=device.power.receive_w,
         memory_bytes=device.memory_bytes,
     )
 

@@ -16,6 +16,7 @@ from planner import (
     cost_table,
     memory_needed_bytes,
 )
+from schemas import PowerFigures
 
 SERVER = ServerProfile(forward_s=(0.1, 0.2), backward_s=(0.3, 0.4))
 
@@ -25,9 +26,7 @@ def _device(**overrides: Any) -> DeviceProfile:
         "device_id": "dev",
         "forward_s": (1.0, 2.0),
         "backward_s": (3.0, 4.0),
-        "power_compute_w": 2.0,
-        "power_tx_w": 3.0,
-        "power_rx_w": 4.0,
+        "power": PowerFigures(compute_w=2.0, transmit_w=3.0, receive_w=4.0),
         "samples": 25,
         "uplink_bps": 8000.0,
         "downlink_bps": 16000.0,

@@ -17,6 +17,7 @@ from planner.inputs import (
     plan_inputs_from_dict,
 )
 from planner.paper import edge_server, jetson_nano, paper_testbed, raspberry_pi, vgg5_model
+from schemas import PowerFigures
 
 EXAMPLES = resources.files("planner").joinpath("examples")
 EXAMPLE_NAMES = sorted(e.name for e in EXAMPLES.iterdir() if e.name.endswith((".yaml", ".json")))
@@ -109,7 +110,7 @@ def test_explicit_profiles() -> None:
     zero, orange = inputs.devices
     assert zero.device_id == "pi-zero-2w"
     assert zero.forward_s == (0.012, 0.085, 0.004, 0.006, 0.0005)
-    assert (zero.power_compute_w, zero.power_tx_w, zero.power_rx_w) == (1.6, 1.0, 0.9)
+    assert zero.power == PowerFigures(compute_w=1.6, transmit_w=1.0, receive_w=0.9)
     assert zero.uplink_bps == zero.downlink_bps == 10e6  # downlink follows the uplink
     assert zero.battery_fraction == pytest.approx(0.6)
     assert zero.memory_bytes == 256 * 1024**2
@@ -142,8 +143,7 @@ def test_device_settings_override_defaults_and_profiles() -> None:
     assert pi.memory_bytes == 900 * 1024**2
     assert pi.allowed_cuts == frozenset({1, 3})
     assert pi.overhead_s == 0.5
-    assert pi.power_tx_w == 9.0
-    assert (pi.power_compute_w, pi.power_rx_w) == (stock.power_compute_w, stock.power_rx_w)
+    assert pi.power == stock.power.model_copy(update={"transmit_w": 9.0})
     assert pi.forward_s == stock.forward_s
 
 

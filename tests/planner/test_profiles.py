@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from planner import DeviceProfile, ModelProfile, PlanningError, ServerProfile
 from planner import per_block_from_cumulative as per_block
+from schemas import PowerFigures
 
 
 def _device(**overrides: Any) -> DeviceProfile:
@@ -16,9 +17,7 @@ def _device(**overrides: Any) -> DeviceProfile:
         "device_id": "dev",
         "forward_s": (1.0, 2.0),
         "backward_s": (3.0, 4.0),
-        "power_compute_w": 2.0,
-        "power_tx_w": 3.0,
-        "power_rx_w": 4.0,
+        "power": PowerFigures(compute_w=2.0, transmit_w=3.0, receive_w=4.0),
         "samples": 25,
         "uplink_bps": 8000.0,
         "downlink_bps": 16000.0,
@@ -67,7 +66,7 @@ def test_device_profile_stores_tuples() -> None:
         ({"forward_s": ()}, "forward_s"),
         ({"forward_s": (1.0, float("nan"))}, "forward_s"),
         ({"forward_s": (1.0, -1.0)}, "forward_s"),
-        ({"power_tx_w": -1.0}, "power_tx_w"),
+        ({"power": (2.0, 3.0, 4.0)}, "power"),
         ({"uplink_bps": 0.0}, "uplink_bps"),
         ({"downlink_bps": float("inf")}, "downlink_bps"),
         ({"samples": 0}, "samples"),

@@ -73,7 +73,7 @@ def test_profiles_reuse_the_papers_figures() -> None:
         profile = get_profile(f"jetson-nano-{mode}")
         assert profile.forward_s == expected.forward_s
         assert profile.backward_s == expected.backward_s
-        assert profile.power_compute_w == expected.power_compute_w
+        assert profile.power_compute_w == expected.power.compute_w
         assert profile.memory_bytes == expected.memory_bytes
         assert profile.reference_model == "vgg5"
         assert profile.reference_batch == 100
