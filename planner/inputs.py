@@ -1,9 +1,10 @@
 """Planner inputs from plain data: a parsed YAML or JSON document in, ``cost_table``'s inputs out.
 
-Pure: the caller reads and parses the file; :func:`plan_inputs_from_dict` only validates and builds.
-Every error is a :class:`~planner.errors.PlanningError` whose field is the path of the bad value,
-e.g. ``devices[2].uplink_mbps: must be > 0, got 0``; unknown keys are rejected the same way, so a
-typo is an error rather than a silently ignored setting.
+Pure: the caller reads and parses the file; :func:`plan_inputs_from_dict` validates it against
+:mod:`planner.plan_document`'s models, then builds the profiles. Every error is a
+:class:`~planner.errors.PlanningError` whose field is the path of the bad value, e.g.
+``devices[2].uplink_mbps: must be > 0, got 0``; unknown keys are rejected the same way, so a typo
+is an error rather than a silently ignored setting.
 
 Format (YAML shown; JSON with the same structure works alike)::
 
@@ -67,8 +68,7 @@ Scaling rules, and why:
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -84,6 +84,14 @@ from planner.paper import (
     raspberry_pi,
     vgg5_model,
 )
+from planner.plan_document import (
+    BoardDevice,
+    DeviceDefaults,
+    ExplicitDevice,
+    ModelSizes,
+    ServerTimes,
+    parse_plan_document,
+)
 from planner.profiles import DeviceProfile, ModelProfile, ServerProfile
 from schemas import PowerFigures
 from schemas.messages import WIRE_DTYPES, wire_itemsize
@@ -97,9 +105,9 @@ __all__ = [
     "plan_inputs_from_dict",
 ]
 
-# (device_id, samples, uplink_bps, downlink_bps, battery_fraction) -> profile
 T = TypeVar("T")
 
+# (device_id, samples, uplink_bps, downlink_bps, battery_fraction) -> profile
 DeviceBuilder = Callable[[str, int, float, float, float | None], DeviceProfile]
 
 MIB = 1024**2
@@ -142,45 +150,6 @@ BUILTIN_SERVERS: Mapping[str, Callable[[], ServerProfile]] = MappingProxyType(
     {"paper-edge": edge_server}
 )
 
-_TOP_KEYS = frozenset(
-    {
-        "description",
-        "model",
-        "batch_size",
-        "wire_dtype",
-        "sync_weights",
-        "server",
-        "defaults",
-        "devices",
-    }
-)
-_MODEL_KEYS = frozenset(
-    {
-        "num_blocks",
-        "batch_size",
-        "activation_bytes",
-        "param_bytes",
-        "activation_memory_bytes",
-        "gradient_bytes",
-        "label_bytes",
-        "param_memory_factor",
-    }
-)
-_SERVER_KEYS = frozenset({"forward_s", "backward_s"})
-_POWER_KEYS = ("compute_w", "transmit_w", "receive_w")
-_DEFAULTABLE = frozenset(
-    {
-        "uplink_mbps",
-        "downlink_mbps",
-        "samples",
-        "battery_pct",
-        "memory_mb",
-        "allowed_cuts",
-        "overhead_s",
-    }
-)
-_DEVICE_KEYS = _DEFAULTABLE | {"id", "profile", "forward_s", "backward_s", "power"}
-
 
 @dataclass(frozen=True, slots=True)
 class PlanInputs:
@@ -196,7 +165,7 @@ class PlanInputs:
 
 @dataclass(frozen=True, slots=True)
 class _Context:
-    """What device and server parsing need to know about the model."""
+    """What device and server building need to know about the model."""
 
     num_blocks: int
     # Factor applied to the paper's per-batch-of-100 times (see the module docstring).
@@ -204,73 +173,48 @@ class _Context:
     memory_need: tuple[int, ...]
 
 
-def plan_inputs_from_dict(data: Mapping[str, Any]) -> PlanInputs:
+def plan_inputs_from_dict(data: object) -> PlanInputs:
     """Validate a parsed plan document (see the module docstring) and build its profiles."""
-    root = _mapping(data, "", _TOP_KEYS)
-    if "description" in root:
-        _string(root["description"], "description")
-    batch = _optional(root, "", "batch_size", _positive_int)
-    wire = _optional(root, "", "wire_dtype", _wire_dtype) or "float32"
-    model = _model(_required(root, "", "model"), "model", batch)
-    model = _cast_wire(model, WIRE_DTYPE_BYTES[wire])
-    if "sync_weights" in root:
-        if not isinstance(root["sync_weights"], bool):
-            raise PlanningError(
-                "sync_weights", f"must be true or false, got {root['sync_weights']!r}"
-            )
-        model = dataclasses.replace(model, sync_weights=root["sync_weights"])
+    document = parse_plan_document(data)
+    model = _model(document.model, document.batch_size)
+    model = dataclasses.replace(
+        _cast_wire(model, WIRE_DTYPE_BYTES[document.wire_dtype]),
+        sync_weights=document.sync_weights,
+    )
     context = _Context(
         num_blocks=model.num_blocks,
         builtin_time_scale=model.batch_size / PAPER_BATCH_SIZE,
         memory_need=memory_needed_bytes(model),
     )
-    server = _server(_required(root, "", "server"), "server", context)
-    defaults = _defaults(root.get("defaults"), "defaults", context)
-    devices = _devices(_required(root, "", "devices"), "devices", context, defaults)
-    return PlanInputs(devices=devices, server=server, model=model)
+    server = _server(document.server, context)
+    defaults = document.defaults or DeviceDefaults()
+    devices: list[DeviceProfile] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(document.devices):
+        path = f"devices[{index}]"
+        device = _device(entry, _Settings(entry, defaults, path), context)
+        if device.device_id in seen:
+            raise PlanningError(f"{path}.id", f"duplicate id {device.device_id!r}")
+        seen.add(device.device_id)
+        devices.append(device)
+    return PlanInputs(devices=tuple(devices), server=server, model=model)
 
 
 # --- model and server -------------------------------------------------------------------------
 
 
-def _model(value: object, path: str, batch: int | None) -> ModelProfile:
-    if isinstance(value, str):
-        builder = _builtin(BUILTIN_MODELS, value, path)
-        return builder(PAPER_BATCH_SIZE if batch is None else batch)
-    entry = _mapping(value, path, _MODEL_KEYS)
-    activations = _sizes(
-        _required(entry, path, "activation_bytes"), _join(path, "activation_bytes")
-    )
-    blocks = len(activations)
-    if "num_blocks" in entry:
-        declared = _positive_int(entry["num_blocks"], _join(path, "num_blocks"))
-        if declared != blocks:
-            raise PlanningError(
-                _join(path, "num_blocks"),
-                f"is {declared} but activation_bytes has {blocks} entries",
-            )
-
-    def sizes(key: str) -> tuple[int, ...]:
-        return _sizes(entry[key], _join(path, key), blocks)
-
-    own_batch = _positive_int(_required(entry, path, "batch_size"), _join(path, "batch_size"))
-    params = _sizes(_required(entry, path, "param_bytes"), _join(path, "param_bytes"), blocks)
-    saved = sizes("activation_memory_bytes") if "activation_memory_bytes" in entry else activations
-    gradients = sizes("gradient_bytes") if "gradient_bytes" in entry else None
-    labels = _optional(entry, path, "label_bytes", _non_negative_int) or 0
-    factor = _optional(entry, path, "param_memory_factor", _non_negative_number)
-    model = _wrap(
-        path,
-        lambda: ModelProfile(
-            num_blocks=blocks,
-            activation_bytes=activations,
-            param_bytes=params,
-            activation_memory_bytes=saved,
-            batch_size=own_batch,
-            gradient_bytes=gradients,
-            label_bytes=labels,
-            param_memory_factor=3.0 if factor is None else factor,
-        ),
+def _model(spec: str | ModelSizes, batch: int | None) -> ModelProfile:
+    if isinstance(spec, str):
+        return _builtin(BUILTIN_MODELS, spec, "model")(PAPER_BATCH_SIZE if batch is None else batch)
+    model = ModelProfile(
+        num_blocks=len(spec.activation_bytes),
+        activation_bytes=spec.activation_bytes,
+        param_bytes=spec.param_bytes,
+        activation_memory_bytes=spec.activation_memory_bytes or spec.activation_bytes,
+        batch_size=spec.batch_size,
+        gradient_bytes=spec.gradient_bytes,
+        label_bytes=spec.label_bytes,
+        param_memory_factor=spec.param_memory_factor,
     )
     return model if batch is None else _rebatch(model, batch)
 
@@ -310,201 +254,123 @@ def _ratio(sizes: Sequence[int], numerator: int, denominator: int) -> tuple[int,
     return tuple(-(-size * numerator // denominator) for size in sizes)
 
 
-def _server(value: object, path: str, context: _Context) -> ServerProfile:
-    if isinstance(value, str):
-        server = _builtin(BUILTIN_SERVERS, value, path)()
-        _check_blocks(server.num_blocks, context, path, f"{value!r}")
-        factor = context.builtin_time_scale
-        if factor == 1.0:
-            return server
+def _server(spec: str | ServerTimes, context: _Context) -> ServerProfile:
+    if isinstance(spec, str):
+        server = _builtin(BUILTIN_SERVERS, spec, "server")()
+        _check_blocks(server.num_blocks, context, "server", f"{spec!r}")
         return ServerProfile(
-            forward_s=tuple(factor * t for t in server.forward_s),
-            backward_s=tuple(factor * t for t in server.backward_s),
+            forward_s=_scaled(server.forward_s, context.builtin_time_scale),
+            backward_s=_scaled(server.backward_s, context.builtin_time_scale),
         )
-    entry = _mapping(value, path, _SERVER_KEYS)
-    forward, backward = _block_times(entry, path, context)
-    return _wrap(path, lambda: ServerProfile(forward_s=forward, backward_s=backward))
+    return ServerProfile(
+        forward_s=_times(spec.forward_s, "server.forward_s", context),
+        backward_s=_times(spec.backward_s, "server.backward_s", context),
+    )
 
 
 # --- devices ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class _Setting:
-    """A validated per-device value and the path it came from (for later errors)."""
+class _Settings:
+    """A device's per-device settings: its own, else the document's defaults."""
 
-    value: Any
-    path: str
+    entry: DeviceDefaults
+    defaults: DeviceDefaults
+    path: str  # the device's
 
+    def get(self, key: str) -> Any:
+        own = getattr(self.entry, key)
+        return getattr(self.defaults, key) if own is None else own
 
-def _defaults(value: object, path: str, context: _Context) -> dict[str, _Setting]:
-    if value is None:
-        return {}
-    entry = _mapping(value, path, _DEFAULTABLE)
-    return {key: _setting(key, raw, _join(path, key), context) for key, raw in entry.items()}
+    def source(self, key: str) -> str:
+        """The path the setting came from, for errors found later."""
+        return f"{self.path}.{key}" if getattr(self.entry, key) is not None else f"defaults.{key}"
 
-
-def _devices(
-    value: object, path: str, context: _Context, defaults: Mapping[str, _Setting]
-) -> tuple[DeviceProfile, ...]:
-    if not isinstance(value, list | tuple):
-        raise PlanningError(path, f"must be a list of devices, got {_kind(value)}")
-    if not value:
-        raise PlanningError(path, "needs at least one device")
-    devices: list[DeviceProfile] = []
-    seen: set[str] = set()
-    for index, raw in enumerate(value):
-        device = _device(raw, f"{path}[{index}]", context, defaults)
-        if device.device_id in seen:
-            raise PlanningError(f"{path}[{index}].id", f"duplicate id {device.device_id!r}")
-        seen.add(device.device_id)
-        devices.append(device)
-    return tuple(devices)
+    def required(self, key: str) -> Any:
+        value = self.get(key)
+        if value is None:
+            raise PlanningError(f"{self.path}.{key}", "required (here or in defaults)")
+        return value
 
 
 def _device(
-    value: object, path: str, context: _Context, defaults: Mapping[str, _Setting]
+    entry: BoardDevice | ExplicitDevice, settings: _Settings, context: _Context
 ) -> DeviceProfile:
-    entry = _mapping(value, path, _DEVICE_KEYS)
-    device_id = _string(_required(entry, path, "id"), _join(path, "id"))
-    settings = dict(defaults)
-    for key in _DEFAULTABLE & entry.keys():
-        settings[key] = _setting(key, entry[key], _join(path, key), context)
-    for key in ("uplink_mbps", "samples"):
-        if key not in settings:
-            raise PlanningError(_join(path, key), "required (here or in defaults)")
-    uplink_bps = settings["uplink_mbps"].value * 1e6
+    uplink_bps = settings.required("uplink_mbps") * 1e6
+    samples = settings.required("samples")
     downlink = settings.get("downlink_mbps")
-    downlink_bps = uplink_bps if downlink is None else downlink.value * 1e6
     battery = settings.get("battery_pct")
     base = _base_profile(
         entry,
-        path,
+        settings.path,
         context,
-        device_id=device_id,
-        samples=settings["samples"].value,
+        samples=samples,
         uplink_bps=uplink_bps,
-        downlink_bps=downlink_bps,
-        battery_fraction=None if battery is None else battery.value / 100.0,
+        downlink_bps=uplink_bps if downlink is None else downlink * 1e6,
+        battery_fraction=None if battery is None else battery / 100.0,
     )
     changes: dict[str, Any] = {}
-    if "memory_mb" in settings:
-        changes["memory_bytes"] = round(settings["memory_mb"].value * MIB)
-    if "allowed_cuts" in settings:
-        changes["allowed_cuts"] = settings["allowed_cuts"].value
-    if "overhead_s" in settings:
-        changes["overhead_s"] = settings["overhead_s"].value
-    device = _wrap(path, lambda: dataclasses.replace(base, **changes)) if changes else base
-    _check_feasible(device, settings, path, context)
+    if (memory := settings.get("memory_mb")) is not None:
+        changes["memory_bytes"] = round(memory * MIB)
+    if (cuts := settings.get("allowed_cuts")) is not None:
+        if max(cuts) > context.num_blocks:
+            raise PlanningError(
+                settings.source("allowed_cuts"),
+                f"cuts must lie in 1..{context.num_blocks}, got {max(cuts)}",
+            )
+        changes["allowed_cuts"] = frozenset(cuts)
+    if (overhead := settings.get("overhead_s")) is not None:
+        changes["overhead_s"] = overhead
+    device = dataclasses.replace(base, **changes) if changes else base
+    _check_feasible(device, settings, context)
     return device
 
 
 def _base_profile(
-    entry: Mapping[str, Any],
+    entry: BoardDevice | ExplicitDevice,
     path: str,
     context: _Context,
     *,
-    device_id: str,
     samples: int,
     uplink_bps: float,
     downlink_bps: float,
     battery_fraction: float | None,
 ) -> DeviceProfile:
     """The device before memory, cut and overhead overrides: a built-in board or explicit times."""
-    power = _power(entry.get("power"), _join(path, "power"))
-    if "profile" in entry:
-        for key in ("forward_s", "backward_s"):
-            if key in entry:
-                raise PlanningError(_join(path, key), "give either a profile or explicit times")
-        name = _string(entry["profile"], _join(path, "profile"))
-        builder = _builtin(BUILTIN_DEVICES, name, _join(path, "profile"))
-        board = builder(device_id, samples, uplink_bps, downlink_bps, battery_fraction)
-        _check_blocks(board.num_blocks, context, _join(path, "profile"), f"{name!r}")
-        scale = context.builtin_time_scale
-        return _wrap(
-            path,
-            lambda: dataclasses.replace(
-                board,
-                forward_s=board.forward_s
-                if scale == 1.0
-                else tuple(scale * t for t in board.forward_s),
-                backward_s=board.backward_s
-                if scale == 1.0
-                else tuple(scale * t for t in board.backward_s),
-                power=board.power.model_copy(update=power),
-            ),
-        )
-    forward, backward = _block_times(entry, path, context)
-    if "power" not in entry:
-        raise PlanningError(_join(path, "power"), "required for a device without a profile")
-    for key in _POWER_KEYS:
-        if key not in power:
-            raise PlanningError(
-                _join(path, f"power.{key}"), "required for a device without a profile"
-            )
-    return _wrap(
-        path,
-        lambda: DeviceProfile(
-            device_id=device_id,
-            forward_s=forward,
-            backward_s=backward,
-            power=PowerFigures(**power),
+    if isinstance(entry, ExplicitDevice):
+        return DeviceProfile(
+            device_id=entry.id,
+            forward_s=_times(entry.forward_s, f"{path}.forward_s", context),
+            backward_s=_times(entry.backward_s, f"{path}.backward_s", context),
+            power=PowerFigures(**entry.power.model_dump()),
             samples=samples,
             uplink_bps=uplink_bps,
             downlink_bps=downlink_bps,
             battery_fraction=battery_fraction,
-        ),
+        )
+    builder = _builtin(BUILTIN_DEVICES, entry.profile, f"{path}.profile")
+    board = builder(entry.id, samples, uplink_bps, downlink_bps, battery_fraction)
+    _check_blocks(board.num_blocks, context, f"{path}.profile", f"{entry.profile!r}")
+    overrides = {} if entry.power is None else entry.power.model_dump(exclude_none=True)
+    return dataclasses.replace(
+        board,
+        forward_s=_scaled(board.forward_s, context.builtin_time_scale),
+        backward_s=_scaled(board.backward_s, context.builtin_time_scale),
+        power=board.power.model_copy(update=overrides),
     )
 
 
-def _power(value: object, path: str) -> dict[str, float]:
-    if value is None:
-        return {}
-    entry = _mapping(value, path, _POWER_KEYS)
-    return {key: _non_negative_number(raw, _join(path, key)) for key, raw in entry.items()}
-
-
-def _setting(key: str, value: object, path: str, context: _Context) -> _Setting:
-    """Validate one defaultable per-device value (see _DEFAULTABLE)."""
-    parsed: Any
-    if key in ("uplink_mbps", "downlink_mbps"):
-        parsed = _positive_number(value, path)
-    elif key == "samples":
-        parsed = _positive_int(value, path)
-    elif key == "battery_pct":
-        parsed = _non_negative_number(value, path)
-        if parsed > 100.0:
-            raise PlanningError(path, f"must lie in [0, 100], got {value!r}")
-    elif key in ("memory_mb", "overhead_s"):
-        parsed = _non_negative_number(value, path)
-    elif key == "allowed_cuts":
-        parsed = _cuts(value, path, context.num_blocks)
-    else:  # _mapping() admits only _DEFAULTABLE keys here
-        raise AssertionError(key)
-    return _Setting(parsed, path)
-
-
-def _cuts(value: object, path: str, num_blocks: int) -> frozenset[int]:
-    if not isinstance(value, list | tuple) or not value:
-        raise PlanningError(path, f"must be a non-empty list of cuts, got {_kind(value)}")
-    cuts = frozenset(_positive_int(cut, f"{path}[{i}]") for i, cut in enumerate(value))
-    if max(cuts) > num_blocks:
-        raise PlanningError(path, f"cuts must lie in 1..{num_blocks}, got {max(cuts)}")
-    return cuts
-
-
-def _check_feasible(
-    device: DeviceProfile, settings: Mapping[str, _Setting], path: str, context: _Context
-) -> None:
+def _check_feasible(device: DeviceProfile, settings: _Settings, context: _Context) -> None:
     """Name the setting that leaves a device no usable cut, before cost_table reports the id."""
     if device.memory_bytes is None:
         return  # allowed_cuts alone is never empty and was checked against 1..L
     cuts = device.allowed_cuts or frozenset(range(1, context.num_blocks + 1))
     need = min(context.memory_need[cut - 1] for cut in cuts)
     if need > device.memory_bytes:
-        source = settings["memory_mb"].path if "memory_mb" in settings else _join(path, "profile")
+        memory_given = settings.get("memory_mb") is not None
         raise PlanningError(
-            source,
+            settings.source("memory_mb") if memory_given else f"{settings.path}.profile",
             f"{device.memory_bytes / MIB:.1f} MiB leaves no usable cut; the smallest "
             f"allowed needs {need / MIB:.1f} MiB",
         )
@@ -513,32 +379,16 @@ def _check_feasible(
 # --- shared helpers ---------------------------------------------------------------------------
 
 
-def _block_times(
-    entry: Mapping[str, Any], path: str, context: _Context
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    forward = _times(_required(entry, path, "forward_s"), _join(path, "forward_s"), context)
-    backward = _times(_required(entry, path, "backward_s"), _join(path, "backward_s"), context)
-    return forward, backward
+def _times(times: tuple[float, ...], path: str, context: _Context) -> tuple[float, ...]:
+    if len(times) != context.num_blocks:
+        raise PlanningError(
+            path, f"needs {context.num_blocks} entries (one per block), got {len(times)}"
+        )
+    return times
 
 
-def _times(value: object, path: str, context: _Context) -> tuple[float, ...]:
-    items = _list(value, path, context.num_blocks)
-    return tuple(_non_negative_number(item, f"{path}[{i}]") for i, item in enumerate(items))
-
-
-def _sizes(value: object, path: str, length: int | None = None) -> tuple[int, ...]:
-    items = _list(value, path, length)
-    if not items:
-        raise PlanningError(path, "needs at least one entry")
-    return tuple(_non_negative_int(item, f"{path}[{i}]") for i, item in enumerate(items))
-
-
-def _list(value: object, path: str, length: int | None) -> Sequence[object]:
-    if not isinstance(value, list | tuple):
-        raise PlanningError(path, f"must be a list, got {_kind(value)}")
-    if length is not None and len(value) != length:
-        raise PlanningError(path, f"needs {length} entries (one per block), got {len(value)}")
-    return value
+def _scaled(times: tuple[float, ...], factor: float) -> tuple[float, ...]:
+    return times if factor == 1.0 else tuple(factor * t for t in times)
 
 
 def _check_blocks(blocks: int, context: _Context, path: str, what: str) -> None:
@@ -548,103 +398,7 @@ def _check_blocks(blocks: int, context: _Context, path: str, what: str) -> None:
         )
 
 
-def _builtin(table: Mapping[str, T], name: object, path: str) -> T:
-    if not isinstance(name, str) or name not in table:
+def _builtin(table: Mapping[str, T], name: str, path: str) -> T:
+    if name not in table:
         raise PlanningError(path, f"unknown name {name!r}; built-in: {', '.join(sorted(table))}")
     return table[name]
-
-
-def _wrap(path: str, build: Callable[[], T]) -> T:
-    """Run a profile constructor, prefixing its error's field with the document path."""
-    try:
-        return build()
-    except PlanningError as exc:
-        raise PlanningError(_join(path, exc.field), exc.message) from None
-
-
-def _mapping(value: object, path: str, allowed: Collection[str]) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise PlanningError(path or "(top level)", f"must be a mapping, got {_kind(value)}")
-    for key in value:
-        if not isinstance(key, str):
-            raise PlanningError(path or "(top level)", f"keys must be strings, got {key!r}")
-        if key not in allowed:
-            raise PlanningError(
-                _join(path, key), f"unknown key; expected one of {', '.join(sorted(allowed))}"
-            )
-    return value
-
-
-def _required(entry: Mapping[str, Any], path: str, key: str) -> object:
-    if key not in entry:
-        raise PlanningError(_join(path, key), "required")
-    return entry[key]
-
-
-def _optional(
-    entry: Mapping[str, Any], path: str, key: str, parse: Callable[[object, str], T]
-) -> T | None:
-    return parse(entry[key], _join(path, key)) if key in entry else None
-
-
-def _string(value: object, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise PlanningError(path, f"must be a non-empty string (quote it), got {value!r}")
-    return value
-
-
-def _wire_dtype(value: object, path: str) -> str:
-    if not isinstance(value, str) or value not in WIRE_DTYPE_BYTES:
-        raise PlanningError(path, f"must be one of {', '.join(WIRE_DTYPE_BYTES)}, got {value!r}")
-    return value
-
-
-def _number(value: object, path: str) -> float:
-    # bool is an int subclass; `true` in YAML must not read as 1.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PlanningError(path, f"must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise PlanningError(path, f"must be finite, got {value!r}")
-    return float(value)
-
-
-def _positive_number(value: object, path: str) -> float:
-    number = _number(value, path)
-    if number <= 0.0:
-        raise PlanningError(path, f"must be > 0, got {value!r}")
-    return number
-
-
-def _non_negative_number(value: object, path: str) -> float:
-    number = _number(value, path)
-    if number < 0.0:
-        raise PlanningError(path, f"must be >= 0, got {value!r}")
-    return number
-
-
-def _integer(value: object, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PlanningError(path, f"must be an integer, got {value!r}")
-    return value
-
-
-def _positive_int(value: object, path: str) -> int:
-    number = _integer(value, path)
-    if number < 1:
-        raise PlanningError(path, f"must be >= 1, got {value!r}")
-    return number
-
-
-def _non_negative_int(value: object, path: str) -> int:
-    number = _integer(value, path)
-    if number < 0:
-        raise PlanningError(path, f"must be >= 0, got {value!r}")
-    return number
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _kind(value: object) -> str:
-    return "nothing (null or empty)" if value is None else type(value).__name__

@@ -210,7 +210,7 @@ def test_explicit_model_defaults() -> None:
         (_with("devices.0.uplink_mbps", True), "devices[0].uplink_mbps: must be a number"),
         (_with("defaults.samples", 0), "defaults.samples: must be >= 1"),
         (_with("defaults.samples", 2.5), "defaults.samples: must be an integer"),
-        (_with("devices.0.battery_pct", 120), "devices[0].battery_pct: must lie in [0, 100]"),
+        (_with("devices.0.battery_pct", 120), "devices[0].battery_pct: must be <= 100"),
         (_with("devices.0.allowed_cuts", [1, 8]), "devices[0].allowed_cuts: cuts must lie in 1..7"),
         (_with("devices.0.allowed_cuts", [0]), "devices[0].allowed_cuts[0]: must be >= 1"),
         (_with("devices.0.memory_mb", 1), "devices[0].memory_mb: 1.0 MiB leaves no usable cut"),
@@ -221,12 +221,15 @@ def test_explicit_model_defaults() -> None:
         (_with("devices.0.id", 7), "devices[0].id: must be a non-empty string"),
         (_with("devices.1.id", "pi"), "devices[1].id: duplicate id 'pi'"),
         (_with("devices.0", "pi"), "devices[0]: must be a mapping"),
-        (_with("wire_dtype", "int8"), "wire_dtype: must be one of float32, float16"),
+        (_with("wire_dtype", "int8"), "wire_dtype: must be 'float32' or 'float16'"),
         (_with("batch_size", 0), "batch_size: must be >= 1"),
         (_with("model", "resnet"), "model: unknown name 'resnet'"),
+        (_with("model", 3), "model: must be a mapping, got int"),
+        (_with("sync_weights", "yes"), "sync_weights: must be true or false, got 'yes'"),
+        (_with("devices.1.power", None), "devices[1].power: must be a mapping"),
         (_with("server", "cloud"), "server: unknown name 'cloud'"),
         (_with("server", {"forward_s": [0.1] * 7}), "server.backward_s: required"),
-        (_with("devices", []), "devices: needs at least one device"),
+        (_with("devices", []), "devices: needs at least one entry"),
         (_with("devices", {"pi": {}}), "devices: must be a list"),
         (_with("defaults", {}), "devices[0].uplink_mbps: required (here or in defaults)"),
     ],
@@ -265,6 +268,14 @@ def test_block_counts_must_match_the_model() -> None:
     doc["model"]["num_blocks"] = 4
     with pytest.raises(PlanningError, match=r"^model\.num_blocks: is 4"):
         plan_inputs_from_dict(doc)
+    doc = _load_example("two-devices.json")
+    doc["model"]["param_bytes"] = [1, 2]
+    with pytest.raises(PlanningError, match=r"^model\.param_bytes: needs 5 entries .*, got 2"):
+        plan_inputs_from_dict(doc)
+    doc = _load_example("two-devices.json")
+    doc["server"]["forward_s"] = [0.1] * 7
+    with pytest.raises(PlanningError, match=r"^server\.forward_s: needs 5 entries .*, got 7"):
+        plan_inputs_from_dict(doc)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +292,7 @@ def test_unknown_keys_are_rejected(path: str, field: str) -> None:
     with pytest.raises(PlanningError) as caught:
         plan_inputs_from_dict(_with(path, 1))
     assert caught.value.field == field
-    assert "unknown key" in caught.value.message
+    assert "unknown key; expected one of " in caught.value.message
 
 
 @pytest.mark.parametrize("key", ["dtype", "name"])
