@@ -479,7 +479,7 @@ def scenario_plan_inputs(
     from device_agent.settings import DeviceSettings
     from edge_service.planning import DeviceReadings, PlanDefaults
     from edge_service.settings import EdgeSettings
-    from schemas import ComputeProfile, PowerFigures
+    from schemas import ComputeProfile
     from splitnn.data import load_dataset
     from splitnn.models import ModelSpec, num_blocks
     from splitnn.profiling import profile_blocks
@@ -521,22 +521,14 @@ def scenario_plan_inputs(
             link_source="scenario",
             wire_itemsize=wire_itemsize(scenario.wire_dtype),
         )
-    edge = EdgeSettings(checkpoint=None)  # the edge's assumptions for what a device lacks
-    defaults = PlanDefaults(
-        power=PowerFigures(
-            compute_w=edge.assumed_power_compute_w,
-            transmit_w=edge.assumed_power_transmit_w,
-            receive_w=edge.assumed_power_receive_w,
-        ),
-        link_bps=edge.assumed_link_mbps * 1e6,
-    )
     return ScenarioPlanInputs(
         model=spec.name,
         blocks=num_blocks(spec),
         alpha=alpha,
         server=host,
         readings=readings,
-        defaults=defaults,
+        # The edge's default assumptions for what a device does not declare.
+        defaults=PlanDefaults.from_settings(EdgeSettings(checkpoint=None)),
     )
 
 
