@@ -14,7 +14,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ares.bench_report import RunData, parse_report
+from ares.bench_report import parse_report
+from schemas.report import RunReport
 
 __all__ = ["ADAPTIVE", "PLOT_FILES", "write_plots"]
 
@@ -30,7 +31,7 @@ def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
     ``splits.png`` needs an ``ares`` or ``static`` run; the others need any finished run.
     """
     reports: Mapping[str, Mapping[str, Any]] = results["policies"]
-    runs = {name: parse_report(name, report) for name, report in reports.items()}
+    runs = {name: parse_report(name, report).report for name, report in reports.items()}
     if not runs:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -57,11 +58,11 @@ def _colours(names: Sequence[str]) -> dict[str, str]:
     return {name: f"C{index % 10}" for index, name in enumerate(names)}
 
 
-def _devices(runs: Mapping[str, RunData]) -> list[str]:
-    return sorted({d for run in runs.values() for d in run.device_ids})
+def _devices(runs: Mapping[str, RunReport]) -> list[str]:
+    return sorted({d for run in runs.values() for r in run.rounds for d in r.devices})
 
 
-def _accuracy_figure(runs: Mapping[str, RunData], target: float | None) -> Figure:
+def _accuracy_figure(runs: Mapping[str, RunReport], target: float | None) -> Figure:
     figure = Figure(figsize=(7.5, 4.5), layout="constrained")
     axes = figure.subplots()
     colours = _colours(list(runs))
@@ -85,7 +86,7 @@ def _accuracy_figure(runs: Mapping[str, RunData], target: float | None) -> Figur
     return figure
 
 
-def _split_figure(runs: Mapping[str, RunData]) -> Figure:
+def _split_figure(runs: Mapping[str, RunReport]) -> Figure:
     devices = _devices(runs)
     colours = _colours(devices)
     figure = Figure(figsize=(5.5 * len(runs), 6), layout="constrained")
@@ -96,7 +97,7 @@ def _split_figure(runs: Mapping[str, RunData]) -> Figure:
             # A small offset per device keeps devices on the same cut from hiding each other.
             offset = (index - (len(devices) - 1) / 2) * SPLIT_OFFSET
             rounds = [r.round for r in run.rounds if device in r.devices]
-            split = [r.devices[device].split + offset for r in run.rounds if device in r.devices]
+            split = [r.devices[device].cut + offset for r in run.rounds if device in r.devices]
             cuts.step(rounds, split, where="mid", marker="o", markersize=4, label=device,
                       color=colours[device])  # fmt: skip
             measured = [
@@ -120,7 +121,7 @@ def _split_figure(runs: Mapping[str, RunData]) -> Figure:
     return figure
 
 
-def _energy_figure(runs: Mapping[str, RunData]) -> Figure:
+def _energy_figure(runs: Mapping[str, RunReport]) -> Figure:
     devices = _devices(runs)
     names = list(runs)
     colours = _colours(names)
@@ -150,7 +151,7 @@ def _bar_totals(axes: Axes, names: list[str], values: list[float], colours: dict
     axes.grid(axis="y", alpha=0.3)
 
 
-def _energy_by_device(run: RunData) -> dict[str, float]:
+def _energy_by_device(run: RunReport) -> dict[str, float]:
     totals: dict[str, float] = {}
     for entry in run.rounds:
         for device, data in entry.devices.items():
@@ -158,7 +159,7 @@ def _energy_by_device(run: RunData) -> dict[str, float]:
     return totals
 
 
-def _round_time_figure(runs: Mapping[str, RunData]) -> Figure:
+def _round_time_figure(runs: Mapping[str, RunReport]) -> Figure:
     devices = _devices(runs)
     colours = _colours(devices)
     figure = Figure(figsize=(4.2 * len(runs), 4.2), layout="constrained")

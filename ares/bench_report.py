@@ -1,7 +1,7 @@
 """What ``ares bench`` measured: metrics per policy, the comparison, results.json and summary.md.
 
-Pure functions on the edge's run reports (the JSON dicts of ``edge_service.report.RunReport``):
-no I/O, no clock, so every number here can be checked on hand-made reports.
+Pure functions on the edge's run reports (``schemas.report.RunReport``): no I/O, no clock, so
+every number here can be checked on hand-made reports.
 
 Definitions (summary.md repeats them for the reader):
 
@@ -28,15 +28,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from planner.policies import POLICIES
+from schemas.documents import validation_problems
 from schemas.errors import AresError
+from schemas.report import TIE, RunReport
 
 __all__ = [
     "TARGET_FRACTION",
     "BenchReportError",
-    "DeviceRound",
     "PolicyMetrics",
-    "RoundData",
     "RunData",
     "default_target",
     "describe_change",
@@ -58,7 +60,6 @@ BEHIND_FLOOR_S = 0.5
 # ARES's measured / predicted round time off from another policy's by more than this (relative)
 # is a misprediction worth naming.
 MISPREDICTION = 0.25
-TIE = 0.01  # objectives closer than this (relative) count as a tie
 
 
 class BenchReportError(AresError, ValueError):
@@ -69,106 +70,30 @@ class BenchReportError(AresError, ValueError):
 
 
 @dataclass(frozen=True)
-class DeviceRound:
-    """One device in one round, as the edge reported it."""
-
-    split: int
-    status: str  # ok, straggler, late, aborted or dropped (edge_service.rounds.Outcome)
-    batches: int
-    busy_s: float
-    rtt_median_s: float | None
-    energy_j: float
-    predicted_time_s: float
-    predicted_energy_j: float
-    uplink_mbps: float | None
-    emulation_behind_s: float
-    round_s: float | None = None  # measured at the edge (None: no part came back, or old report)
-
-    @property
-    def time_s(self) -> float:
-        """Time the device spent on the round: measured at the edge, else estimated."""
-        if self.round_s is not None:
-            return self.round_s
-        return self.busy_s + self.batches * (self.rtt_median_s or 0.0)
-
-
-@dataclass(frozen=True)
-class RoundData:
-    round: int
-    accuracy: float
-    duration_s: float
-    objective: float  # the plan's own normalised objective
-    devices: Mapping[str, DeviceRound]
-
-    @property
-    def predicted_time_s(self) -> float:
-        """The plan's round time: its slowest device."""
-        return max((d.predicted_time_s for d in self.devices.values()), default=0.0)
-
-
-@dataclass(frozen=True)
 class RunData:
-    policy: str  # the bench's name for the run
-    initial_accuracy: float | None
-    final_accuracy: float
-    wall_s: float
-    rounds: tuple[RoundData, ...]
+    """One policy's run: its report under the bench's name for the run."""
+
+    policy: str  # the bench's name: sl-best and sl-first are both the edge's "sl"
+    report: RunReport
 
     @property
-    def device_ids(self) -> list[str]:
-        return sorted({d for r in self.rounds for d in r.devices})
+    def final_accuracy(self) -> float:
+        """The report's, else its last round's (parse_report makes sure there is one)."""
+        if self.report.final_accuracy is not None:
+            return self.report.final_accuracy
+        return self.report.rounds[-1].accuracy
 
 
 def parse_report(name: str, report: Mapping[str, Any]) -> RunData:
     """Check and convert one run report; BenchReportError names what is missing or wrong."""
-    where = f"policy {name}"
     try:
-        rounds = tuple(_round(entry) for entry in report["rounds"])
-        final = report["final_accuracy"]
-        if final is None and rounds:
-            final = rounds[-1].accuracy
-        initial = report.get("initial_accuracy")
-        return RunData(
-            policy=name,  # the bench's name: sl-best and sl-first are both the edge's "sl"
-            initial_accuracy=None if initial is None else float(initial),
-            final_accuracy=float(final),
-            wall_s=float(report.get("wall_s", 0.0)),
-            rounds=rounds,
-        )
-    except KeyError as exc:
-        raise BenchReportError(f"{where}: the report has no {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
-        raise BenchReportError(f"{where}: malformed report: {exc}") from None
-
-
-def _round(entry: Mapping[str, Any]) -> RoundData:
-    devices = {
-        device_id: DeviceRound(
-            split=int(d["split"]),
-            status=str(d["status"]),
-            batches=int(d["batches"]),
-            busy_s=float(d["busy_s"]),
-            rtt_median_s=_optional(d.get("rtt_median_s")),
-            energy_j=float(d["energy_j"]),
-            predicted_time_s=float(d["predicted_time_s"]),
-            predicted_energy_j=float(d["predicted_energy_j"]),
-            uplink_mbps=_optional(d.get("uplink_mbps")),
-            emulation_behind_s=float(d.get("emulation_behind_s", 0.0)),
-            round_s=_optional(d.get("round_s")),
-        )
-        for device_id, d in entry["devices"].items()
-    }
-    return RoundData(
-        round=int(entry["round"]),
-        accuracy=float(entry["accuracy"]),
-        duration_s=float(entry["duration_s"]),
-        objective=float(entry["objective"]),
-        devices=devices,
-    )
-
-
-def _optional(value: Any) -> float | None:
-    return None if value is None else float(value)
+        parsed = RunReport.model_validate(report)
+    except ValidationError as exc:
+        problems = validation_problems(exc)
+        raise BenchReportError(f"policy {name}: malformed report: {problems}") from None
+    if parsed.final_accuracy is None and not parsed.rounds:
+        raise BenchReportError(f"policy {name}: the report has no final accuracy and no rounds")
+    return RunData(policy=name, report=parsed)
 
 
 # --- metrics of one run -----------------------------------------------------------------------
@@ -210,10 +135,10 @@ class PolicyMetrics:
 
 def time_to_target(run: RunData, target: float) -> tuple[float, int] | None:
     """(training seconds, rounds) until the accuracy first reaches ``target``; None if never."""
-    if run.initial_accuracy is not None and run.initial_accuracy >= target:
+    if run.report.initial_accuracy is not None and run.report.initial_accuracy >= target:
         return 0.0, 0
     elapsed = 0.0
-    for index, entry in enumerate(run.rounds, start=1):
+    for index, entry in enumerate(run.report.rounds, start=1):
         elapsed += entry.duration_s
         if entry.accuracy >= target:
             return elapsed, index
@@ -231,7 +156,7 @@ def default_target(runs: Sequence[RunData], fraction: float = TARGET_FRACTION) -
     if not 0.0 < fraction <= 1.0:
         raise BenchReportError(f"the target fraction must lie in (0, 1], got {fraction}")
     lowest = min(run.final_accuracy for run in runs)
-    initials = [run.initial_accuracy for run in runs if run.initial_accuracy is not None]
+    initials = [r.report.initial_accuracy for r in runs if r.report.initial_accuracy is not None]
     initial = max(initials, default=None)
     if initial is None or lowest <= initial:
         return lowest
@@ -239,29 +164,26 @@ def default_target(runs: Sequence[RunData], fraction: float = TARGET_FRACTION) -
 
 
 def policy_metrics(run: RunData, target: float, wall_s: float | None = None) -> PolicyMetrics:
+    rounds = run.report.rounds
     energy: dict[str, float] = {}
-    for entry in run.rounds:
+    for entry in rounds:
         for device_id, device in entry.devices.items():
             energy[device_id] = energy.get(device_id, 0.0) + device.energy_j
     reached = time_to_target(run, target)
-    statuses = [d.status for r in run.rounds for d in r.devices.values()]
+    statuses = [d.status for r in rounds for d in r.devices.values()]
     return PolicyMetrics(
         name=run.policy,
-        rounds=len(run.rounds),
-        train_time_s=sum(r.duration_s for r in run.rounds),
-        edge_wall_s=run.wall_s,
+        rounds=len(rounds),
+        train_time_s=sum(r.duration_s for r in rounds),
+        edge_wall_s=run.report.wall_s,
         wall_s=wall_s,
         time_to_target_s=None if reached is None else reached[0],
         rounds_to_target=None if reached is None else reached[1],
         energy_j=dict(sorted(energy.items())),
         final_accuracy=run.final_accuracy,
-        predicted_time_s=sum(r.predicted_time_s for r in run.rounds),
-        planned_objective=(
-            sum(r.objective for r in run.rounds) / len(run.rounds) if run.rounds else None
-        ),
-        emulation_behind_s=sum(
-            d.emulation_behind_s for r in run.rounds for d in r.devices.values()
-        ),
+        predicted_time_s=sum(r.predicted_time_s for r in rounds),
+        planned_objective=(sum(r.objective for r in rounds) / len(rounds) if rounds else None),
+        emulation_behind_s=sum(d.emulation_behind_s for r in rounds for d in r.devices.values()),
         stragglers=statuses.count("straggler") + statuses.count("late"),
         dropped=statuses.count("dropped") + statuses.count("aborted"),
         splits=_splits(run),
@@ -271,10 +193,10 @@ def policy_metrics(run: RunData, target: float, wall_s: float | None = None) -> 
 def _splits(run: RunData) -> str:
     """The cuts a run used: "3" (one for all), "4-7 per device" or "2-7 changing"."""
     per_device: dict[str, set[int]] = {}
-    for entry in run.rounds:
+    for entry in run.report.rounds:
         for device_id, device in entry.devices.items():
             if device.status != "dropped":
-                per_device.setdefault(device_id, set()).add(device.split)
+                per_device.setdefault(device_id, set()).add(device.cut)
     cuts = sorted(set().union(*per_device.values())) if per_device else []
     if not cuts:
         return "-"
@@ -495,11 +417,11 @@ def _reasons(
 
 def same_cuts(first: RunData, second: RunData) -> bool:
     """Whether two runs trained the same rounds with the same cut for every device."""
-    if len(first.rounds) != len(second.rounds):
+    if len(first.report.rounds) != len(second.report.rounds):
         return False
     return all(
-        {d: v.split for d, v in a.devices.items()} == {d: v.split for d, v in b.devices.items()}
-        for a, b in zip(first.rounds, second.rounds, strict=True)
+        {d: v.cut for d, v in a.devices.items()} == {d: v.cut for d, v in b.devices.items()}
+        for a, b in zip(first.report.rounds, second.report.rounds, strict=True)
     )
 
 
@@ -521,7 +443,7 @@ def _misprediction(ares: PolicyMetrics, winner: PolicyMetrics, run: RunData) -> 
 
 def _worst_round(run: RunData) -> str:
     worst = max(
-        (r for r in run.rounds if r.predicted_time_s > 0),
+        (r for r in run.report.rounds if r.predicted_time_s > 0),
         key=lambda r: r.duration_s / r.predicted_time_s,
         default=None,
     )

@@ -30,6 +30,7 @@ from ares import runtime
 from broker import BrokerConfig, LocalBroker
 from schemas import EdgeStatus, SchemaError, Topics, parse_json
 from schemas.config_file import CONFIG_ENV
+from schemas.report import RunReport
 from testbed.links import LinkLab, link_mode
 from testbed.scenario import DeviceSpec, Scenario, ScheduleSpec
 from testbed.schedule import RateSchedule, parse_schedule
@@ -180,9 +181,9 @@ def run_demo(options: DemoOptions) -> int:
         print(f"ares demo: {result.problem}; see {options.run_dir}/edge.log")
         print(_tail(options.run_dir / "edge.log"), file=sys.stderr)
         return 1
-    report = result.report
+    report = RunReport.model_validate(result.report)
     print_table(report)
-    print(f"final accuracy {report['final_accuracy']:.4f}; wall time {result.wall_s:.1f} s; "
+    print(f"final accuracy {report.final_accuracy:.4f}; wall time {result.wall_s:.1f} s; "
           f"report {options.report}")  # fmt: skip
     return 0
 
@@ -459,19 +460,18 @@ def _ending(status: EdgeStatus, online: int) -> str:
     )
 
 
-def print_table(report: dict[str, Any]) -> None:
-    device_ids = sorted({d for r in report["rounds"] for d in r["devices"]})
+def print_table(report: RunReport) -> None:
+    device_ids = sorted({d for r in report.rounds for d in r.devices})
     header = f"{'round':>5} {'accuracy':>9} {'loss':>8} {'time s':>8}  splits " + " ".join(
         device_ids
     )
     print(header)
     print("-" * len(header))
-    for r in report["rounds"]:
+    for r in report.rounds:
         splits = " ".join(
-            f"{r['devices'][d]['split'] if d in r['devices'] else '-':>{len(d)}}"
-            for d in device_ids
+            f"{r.devices[d].cut if d in r.devices else '-':>{len(d)}}" for d in device_ids
         )
-        print(f"{r['round']:>5} {r['accuracy']:>9.4f} {r['loss']:>8.4f} {r['duration_s']:>8.2f}"
+        print(f"{r.round:>5} {r.accuracy:>9.4f} {r.loss:>8.4f} {r.duration_s:>8.2f}"
               f"         {splits}")  # fmt: skip
 
 

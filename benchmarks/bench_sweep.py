@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from ares.bench_report import TIE
+from schemas.report import TIE, RunReport
 from testbed.scenario import load_scenario
 
 
@@ -120,7 +120,7 @@ def _row(rate: float, dtype: str, results: dict[str, Any]) -> dict[str, Any]:
         "rate": rate,
         "dtype": dtype,
         "runs": 1,
-        "ares_splits": _cuts(results["policies"].get("ares", {})),
+        "ares_splits": _cuts(results["policies"].get("ares")),
         "objective": {name: p.get("objective") for name, p in policies.items()},
         "objective_range": {},
         "accuracy": {name: p.get("final_accuracy") for name, p in policies.items()},
@@ -162,12 +162,13 @@ def _best(objective: dict[str, float | None]) -> str:
     return best
 
 
-def _cuts(report: dict[str, Any]) -> str:
+def _cuts(report: dict[str, Any] | None) -> str:
     """ARES's cuts in its last round, device by device (the plan it settled on)."""
-    if not report.get("rounds"):
+    rounds = [] if report is None else RunReport.model_validate(report).rounds
+    if not rounds:
         return "—"
-    devices = report["rounds"][-1]["devices"]
-    return " ".join(str(devices[d]["split"]) for d in sorted(devices))
+    devices = rounds[-1].devices
+    return " ".join(str(devices[d].cut) for d in sorted(devices))
 
 
 def _changes_from_rounds(reports: dict[str, Any], name: str, other: str) -> dict[str, float | None]:
@@ -180,10 +181,12 @@ def _changes_from_rounds(reports: dict[str, Any], name: str, other: str) -> dict
     """
 
     def totals(report: dict[str, Any]) -> tuple[float, float, float]:
-        rounds = [r["devices"].values() for r in report.get("rounds", [])]
-        time = sum(max((d["predicted_time_s"] for d in r), default=0.0) for r in rounds)
-        energy = sum(d["predicted_energy_j"] for r in rounds for d in r)
-        device = sum(max((d.get("round_s") or 0.0 for d in r), default=0.0) for r in rounds)
+        rounds = RunReport.model_validate(report).rounds
+        time = sum(r.predicted_time_s for r in rounds)
+        energy = sum(d.predicted_energy_j for r in rounds for d in r.devices.values())
+        device = sum(
+            max((d.round_s or 0.0 for d in r.devices.values()), default=0.0) for r in rounds
+        )
         return time, energy, device
 
     keys = ("predicted_time", "predicted_energy", "device_time")

@@ -36,7 +36,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def device(
-    split: int = 3,
+    cut: int = 3,
     energy: float = 1.0,
     *,
     status: str = "ok",
@@ -48,7 +48,7 @@ def device(
     uplink: float | None = 20.0,
 ) -> dict[str, Any]:
     return {
-        "split": split, "predicted_time_s": predicted, "predicted_energy_j": energy,
+        "cut": cut, "predicted_time_s": predicted, "predicted_energy_j": energy,
         "status": status, "batches": batches, "samples": 32 * batches, "busy_s": busy,
         "server_s": 0.1, "train_loss": 1.0, "rtt_median_s": rtt, "energy_j": energy,
         "uplink_mbps": uplink, "downlink_mbps": uplink, "battery_pct": None, "link_mode": "tc",
@@ -112,7 +112,7 @@ def test_device_round_time_is_the_edge_measurement_else_an_estimate():
     measured = {"pi": {**device(busy=1.0, batches=2, rtt=0.5), "round_s": 3.5}}
     old = {"pi": device(busy=1.0, batches=2, rtt=0.5)}  # a report from before round_s
     run = parse_report("x", report("x", [(0.5, 4.0, measured), (0.6, 4.0, old)]))
-    assert [r.devices["pi"].time_s for r in run.rounds] == [3.5, 2.0]
+    assert [r.devices["pi"].time_s for r in run.report.rounds] == [3.5, 2.0]
 
 
 def test_time_to_target_counts_durations_up_to_the_first_round_that_reaches_it():
@@ -148,7 +148,7 @@ def test_policy_metrics_sum_times_and_energy_and_count_statuses():
     assert m.time_ratio == pytest.approx(20.0)
     assert policy_metrics(parse_report("ares", runs["ares"]), 0.5).splits == "1-3 changing"
     ares = runs["ares"]
-    ares["rounds"][1]["devices"]["a"]["split"] = 2
+    ares["rounds"][1]["devices"]["a"]["cut"] = 2
     assert policy_metrics(parse_report("ares", ares), 0.5).splits == "2-3 per device"
 
 
@@ -267,9 +267,11 @@ def test_an_explicit_target_is_used_as_given():
     assert summary["policies"]["ares"]["time_to_target_s"] is None
 
 
-def test_a_report_without_rounds_is_a_clear_error():
-    with pytest.raises(BenchReportError, match="policy fl: the report has no 'rounds'"):
+def test_an_incomplete_report_is_a_clear_error():
+    with pytest.raises(BenchReportError, match="policy fl: malformed report: policy: Field requ"):
         parse_report("fl", {"final_accuracy": 0.5})
+    with pytest.raises(BenchReportError, match="policy fl: the report has no final accuracy"):
+        parse_report("fl", {**report("fl", []), "final_accuracy": None})
     with pytest.raises(BenchReportError, match="no policy finished"):
         summarise({}, alpha=0.5)
 
@@ -393,9 +395,7 @@ def test_bench_runs_two_policies_and_writes_consistent_results(tmp_path):
             sum(r["duration_s"] for r in run["rounds"])
         )
         assert measured["time_to_target_s"] is not None  # the default target is reachable
-    fl_cuts = {
-        d["split"] for r in results["policies"]["fl"]["rounds"] for d in r["devices"].values()
-    }
+    fl_cuts = {d["cut"] for r in results["policies"]["fl"]["rounds"] for d in r["devices"].values()}
     assert len(fl_cuts) == 1  # every block on the device, every round
     text = (out / "summary.md").read_text()
     assert "| fl" in text

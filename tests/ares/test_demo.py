@@ -6,39 +6,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
 
 from ares.demo import DemoOptions, RoundProgress, progress_line, scenario_devices
 from schemas import EdgeStatus
+from schemas.report import RunReport
 from testbed.scenario import load_scenario
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class DeviceEntry(_Strict):
-    split: int = Field(ge=1)
-    status: Literal["ok", "straggler", "dropped"]
-    batches: int = Field(ge=0)
-    samples: int = Field(ge=0)
-    busy_s: float = Field(ge=0)
-
-
-class RoundEntry(_Strict):
-    round: int = Field(ge=1)
-    accuracy: float = Field(ge=0, le=1)
-    loss: float = Field(ge=0)
-    duration_s: float = Field(gt=0)
-    devices: dict[str, DeviceEntry]
-
-
-class Report(_Strict):
-    rounds: list[RoundEntry]
-    final_accuracy: float = Field(ge=0, le=1)
 
 
 def test_demo_runs_processes_and_writes_a_valid_report(tmp_path):
@@ -49,9 +23,13 @@ def test_demo_runs_processes_and_writes_a_valid_report(tmp_path):
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    report = Report.model_validate(json.loads(report_path.read_text()))
+    report = RunReport.model_validate(json.loads(report_path.read_text()))
     assert [r.round for r in report.rounds] == [1, 2, 3]
     assert all(set(r.devices) == {"dev-0", "dev-1"} for r in report.rounds)
+    devices = [d for r in report.rounds for d in r.devices.values()]
+    assert all(d.cut >= 1 and d.status in ("ok", "straggler") for d in devices)
+    assert all(0 <= r.accuracy <= 1 and r.loss >= 0 and r.duration_s > 0 for r in report.rounds)
+    assert report.final_accuracy is not None
     assert report.final_accuracy > 0.5  # chance is 0.1
     assert "final accuracy" in done.stdout
     assert "round  accuracy" in done.stdout  # the per-round table

@@ -14,6 +14,7 @@ import pytest
 import ares.demo
 from ares.cli import main
 from ares.demo import DemoOptions, RunResult
+from schemas.report import RunReport
 
 TINY = Path(__file__).with_name("data") / "tiny.yaml"
 
@@ -25,7 +26,11 @@ def runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[DemoOptions]:
 
     def run_once(options: DemoOptions) -> RunResult:
         started.append(options)
-        return RunResult(0, 0.1, options.run_dir, {"rounds": [], "final_accuracy": 0.5})
+        report = RunReport(
+            policy="ares", alpha=0.5, model="m", dataset="d", session="s", started_at=0.0,
+            final_accuracy=0.5,
+        )  # fmt: skip
+        return RunResult(0, 0.1, options.run_dir, report.model_dump())
 
     monkeypatch.setattr(ares.demo, "run_once", run_once)
     monkeypatch.delenv("ARES_CONFIG", raising=False)

@@ -8,21 +8,44 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from schemas.report import DeviceRoundReport, RoundReport, RunReport
+
 BENCH = Path(__file__).parents[2] / "benchmarks" / "bench_sweep.py"
 
 
-def run_report(splits: dict[str, int], time_s: float, energy_j: float) -> dict[str, Any]:
+def run_report(cuts: dict[str, int], time_s: float, energy_j: float) -> dict[str, Any]:
     """One policy's report: two rounds whose plans predict ``time_s`` and ``energy_j`` each."""
+    measured = {
+        "status": "ok", "batches": 2, "samples": 64, "busy_s": 1.0, "server_s": 0.1,
+        "train_loss": 1.0, "rtt_median_s": 0.1, "energy_j": 1.0, "uplink_mbps": None,
+        "downlink_mbps": None, "battery_pct": None, "link_mode": "tc", "emulation_behind_s": 0.0,
+        "round_s": 0.8 * time_s,  # measured at the edge
+    }  # fmt: skip
     devices = {
-        d: {
-            "split": s,
-            "predicted_time_s": time_s,
-            "predicted_energy_j": energy_j / len(splits),
-            "round_s": 0.8 * time_s,  # measured at the edge
-        }
-        for d, s in splits.items()
+        d: DeviceRoundReport(
+            cut=cut,
+            predicted_time_s=time_s,
+            predicted_energy_j=energy_j / len(cuts),
+            **measured,
+        )
+        for d, cut in cuts.items()
     }
-    return {"rounds": [{"round": n, "devices": devices} for n in (1, 2)]}
+    rounds = [
+        RoundReport(
+            round=n,
+            accuracy=0.9,
+            loss=1.0,
+            train_loss=1.0,
+            duration_s=time_s,
+            objective=0.5,
+            devices=devices,
+        )
+        for n in (1, 2)
+    ]
+    return RunReport(
+        policy="ares", alpha=0.5, model="small_cnn", dataset="digits", session="s",
+        started_at=0.0, rounds=rounds,
+    ).model_dump()  # fmt: skip
 
 
 def write_point(out: Path, name: str, ares_objective: float = 0.55) -> None:
