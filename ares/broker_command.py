@@ -16,7 +16,7 @@ import contextlib
 import socket
 from pathlib import Path, PurePosixPath
 
-from ares import runtime
+import runtime
 
 DEFAULT_MODEL = "vgg5"  # the paper's model and data: the largest messages of the shipped set
 DEFAULT_DATASET = "cifar10"
@@ -145,9 +145,9 @@ async def _forever() -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from ares.broker_sizing import frame_sizes, model_spec
     from broker.provision import BrokerSetup
     from broker.setup_dir import SetupDir
+    from broker.sizing import frame_sizes, model_spec
 
     root: Path = args.dir
     if root.exists() and not root.is_dir():

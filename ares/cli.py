@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from ares import logs, runtime
+import runtime
 from ares.bench import add_bench_parser
 from ares.broker_command import add_broker_parser
 from ares.demo_command import DemoHelpFormatter
 from ares.plan_command import add_plan_parser
 from broker.binary import ENV_VAR as MOSQUITTO_ENV
 from planner.policies import POLICIES
+from runtime import logs
 from schemas.config_file import (
     CONFIG_ENV,
     ENV_PREFIX,

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from ares import runtime
+import runtime
 from broker import BrokerConfig, LocalBroker
 from schemas import EdgeStatus, SchemaError, Topics, parse_json
 from schemas.config_file import CONFIG_ENV

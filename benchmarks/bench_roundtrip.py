@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ares.broker_sizing import frame_sizes, model_spec
 from broker import LocalBroker, free_port
 from broker.provision import BrokerSetup
 from broker.setup_dir import SetupDir
+from broker.sizing import frame_sizes, model_spec
 from schemas import decode_frame, encode_frame
 
 CONFIGS = [

@@ -50,7 +50,7 @@ from transport_sender import (
     activation_tensors,
 )
 
-from ares import runtime
+import runtime
 from broker import BrokerConfig, LocalBroker
 from schemas import ActivationMeta, decode_frame, parse_meta
 from testbed.links import EmulatedLink, LinkLab, link_mode

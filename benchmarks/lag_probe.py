@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from ares import runtime
+import runtime
 from edge_service.loop_lag import LoopLagMonitor
 
 COLLECT_EVERY_S = 0.1

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from benchutil import summary
 
-from ares import runtime
+import runtime
 from edge_service.loop_lag import LoopLagMonitor
 from schemas import (
     ActivationMeta,

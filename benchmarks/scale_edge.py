@@ -30,10 +30,10 @@ from typing import Any
 
 from benchutil import percentile
 
-from ares import runtime
-from ares.logs import setup_logging
+import runtime
 from edge_service import EdgeService, EdgeSettings
 from edge_service.loop_lag import LoopLagMonitor
+from runtime.logs import setup_logging
 from transport import MqttSettings
 
 COLLECT_EVERY_S = 0.1

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from benchutil import summary
 
-from ares import runtime
+import runtime
 from schemas import ActivationMeta, encode_frame, to_meta
 from transport import MqttLink, MqttSettings
 from transport.shaping import LinkShaper

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from ares.broker_command import default_hosts
-from ares.broker_sizing import DATASET_INPUTS, MARGIN, frame_sizes, model_spec
 from ares.cli import main
 from broker.provision import PACKET_OVERHEAD
+from broker.sizing import DATASET_INPUTS, MARGIN, frame_sizes, model_spec
 from schemas.codec import MAX_META_BYTES
 from splitnn.data import DATASET_NAMES, load_dataset
 from transport import MqttSettings

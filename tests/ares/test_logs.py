@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from ares import logs
+from runtime import logs
 
 
 @pytest.fixture(autouse=True)

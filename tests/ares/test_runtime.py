@@ -8,11 +8,11 @@ import signal
 
 import pytest
 
-from ares import runtime
+import runtime.loop
 
 
 def test_sigterm_is_repeated_until_the_service_stops(monkeypatch):
-    monkeypatch.setattr(runtime, "RECANCEL_AFTER_S", 0.05)
+    monkeypatch.setattr(runtime.loop, "RECANCEL_AFTER_S", 0.05)
     swallowed = []
 
     async def service() -> None:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ares import runtime, systemd
-from ares.systemd import Notifier, SystemdError, notify_address, supervise, watchdog_interval
+import runtime
 from device_agent import agent as agent_module
+from runtime import systemd
+from runtime.systemd import Notifier, SystemdError, notify_address, supervise, watchdog_interval
 from tests.integration.helpers import device_settings, wait_until
 
 

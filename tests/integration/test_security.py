@@ -25,12 +25,12 @@ import pytest
 import torch
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ares.broker_sizing import frame_sizes, model_spec
 from broker import LocalBroker, free_port, probe_mqtt
 from broker.pki import issue_client, new_ca
 from broker.probe import connect_packet, parse_connack
 from broker.provision import EDGE_USER, INSPECTOR_USER, BrokerSetup
 from broker.setup_dir import SetupDir
+from broker.sizing import frame_sizes, model_spec
 from device_agent import DeviceAgent, DeviceSettings
 from edge_service import EdgeService, EdgeSettings, RunReport
 from schemas import ActivationMeta, DeviceChannel, Topics, encode_frame, to_meta

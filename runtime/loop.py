@@ -1,6 +1,6 @@
 """Running a service's coroutine: uvloop where available, signals, systemd notifications.
 
-A service passed as ``service=`` is supervised for systemd (see ``ares.systemd``): READY=1 when
+A service passed as ``service=`` is supervised for systemd (see ``runtime.systemd``): READY=1 when
 it says it is ready, STATUS= lines, watchdog pings while it is healthy, STOPPING=1 at shutdown.
 Without ``$NOTIFY_SOCKET`` that is all skipped.
 """
@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from ares.systemd import Notifier, Supervised, supervise, watchdog_interval
+from runtime.systemd import Notifier, Supervised, supervise, watchdog_interval
 
 T = TypeVar("T")
 
