@@ -67,12 +67,7 @@ class Emulation:
         return self.profile.emulated
 
     def power(self) -> PowerFigures | None:
-        p = self.profile
-        if p.power_compute_w is None or p.power_transmit_w is None or p.power_receive_w is None:
-            return None
-        return PowerFigures(
-            compute_w=p.power_compute_w, transmit_w=p.power_transmit_w, receive_w=p.power_receive_w
-        )
+        return self.profile.power
 
     def prepare(self, model: str, measure: HostProfiler = _profile) -> None:
         """Measure the host on the profile's reference model, once, if ``model`` needs it.

@@ -21,6 +21,7 @@ from typing import Literal
 
 from planner.paper import NANO_MODES, NanoMode, jetson_nano, raspberry_pi
 from planner.profiles import DeviceProfile
+from schemas import PowerFigures
 from schemas.errors import AresError
 
 __all__ = [
@@ -64,8 +65,8 @@ class EmulationProfile:
     """A device to emulate: per-block times of the reference model, power and memory.
 
     ``forward_s[i]`` / ``backward_s[i]``: seconds for block ``i`` of ``reference_model`` at
-    ``reference_batch``; both None for no compute emulation. Power figures in watts (None:
-    unknown). ``memory_bytes``: memory available for training (None: unlimited).
+    ``reference_batch``; both None for no compute emulation. ``power``: the board's power figures
+    (None: unknown). ``memory_bytes``: memory available for training (None: unlimited).
     """
 
     name: str
@@ -74,9 +75,7 @@ class EmulationProfile:
     backward_s: tuple[float, ...] | None
     reference_model: str = "vgg5"
     reference_batch: int = 100
-    power_compute_w: float | None = None
-    power_transmit_w: float | None = None
-    power_receive_w: float | None = None
+    power: PowerFigures | None = None
     memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
@@ -99,10 +98,6 @@ class EmulationProfile:
             raise ValueError(
                 f"reference_batch must be a positive int, got {self.reference_batch!r}"
             )
-        for field in ("power_compute_w", "power_transmit_w", "power_receive_w"):
-            value = getattr(self, field)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{field} must be finite and non-negative, got {value!r}")
         if self.memory_bytes is not None and self.memory_bytes <= 0:
             raise ValueError(f"memory_bytes must be positive, got {self.memory_bytes!r}")
 
@@ -127,9 +122,7 @@ def _from_device(name: str, description: str, device: DeviceProfile) -> Emulatio
         description=description,
         forward_s=device.forward_s,
         backward_s=device.backward_s,
-        power_compute_w=device.power.compute_w,
-        power_transmit_w=device.power.transmit_w,
-        power_receive_w=device.power.receive_w,
+        power=device.power,
         memory_bytes=device.memory_bytes,
     )
 

@@ -8,6 +8,7 @@ import pytest
 
 from planner import paper
 from planner.profiles import per_block_from_cumulative
+from schemas import PowerFigures
 from testbed.profiles import (
     PROFILE_NAMES,
     PROFILES,
@@ -64,16 +65,16 @@ def test_host_does_not_emulate() -> None:
 def test_profiles_reuse_the_papers_figures() -> None:
     assert PI.forward_s == per_block_from_cumulative(paper.PI_FORWARD_CUMULATIVE)
     assert PI.backward_s == per_block_from_cumulative(paper.PI_BACKWARD_CUMULATIVE)
-    assert (PI.power_compute_w, PI.power_transmit_w, PI.power_receive_w) == (3.8, 1.1, 0.8)
+    assert PI.power == PowerFigures(compute_w=3.8, transmit_w=1.1, receive_w=0.8)
     assert MAXN.forward_s is not None
     assert sum(MAXN.forward_s) == pytest.approx(paper.NANO_MAXN_FORWARD_CUMULATIVE[-1])
-    assert MAXN.power_compute_w == paper.NANO_MAXN_POWER.compute_w
+    assert MAXN.power == paper.NANO_MAXN_POWER
     for mode in paper.NANO_MODES:
         expected = paper.jetson_nano("x", mode)
         profile = get_profile(f"jetson-nano-{mode}")
         assert profile.forward_s == expected.forward_s
         assert profile.backward_s == expected.backward_s
-        assert profile.power_compute_w == expected.power.compute_w
+        assert profile.power == expected.power
         assert profile.memory_bytes == expected.memory_bytes
         assert profile.reference_model == "vgg5"
         assert profile.reference_batch == 100
@@ -214,10 +215,6 @@ def test_profile_validation() -> None:
     with pytest.raises(ValueError, match="reference_batch"):
         EmulationProfile(
             name="x", description="", forward_s=(0.1,), backward_s=(0.1,), reference_batch=0
-        )
-    with pytest.raises(ValueError, match="power_compute_w"):
-        EmulationProfile(
-            name="x", description="", forward_s=None, backward_s=None, power_compute_w=-1.0
         )
     custom = EmulationProfile(
         name="tiny",
