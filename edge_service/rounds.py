@@ -22,7 +22,15 @@ import torch
 from edge_service.fanout import gather_bounded
 from edge_service.rejections import Counters, Rejected
 from edge_service.server_session import ServerSession
-from schemas import ActivationMeta, Frame, RoundStart, TrainConfig, WeightsMeta
+from schemas import (
+    PROTOCOL_VERSION,
+    ActivationMeta,
+    Frame,
+    ProtocolVersion,
+    RoundStart,
+    TrainConfig,
+    WeightsMeta,
+)
 from splitnn.models import ModelSpec, cut_shapes, num_blocks
 from splitnn.partition import merge_states, split_state
 from splitnn.tensors import arrays_to_state
@@ -52,6 +60,8 @@ class RoundContext:
     count_partial: bool  # whether such a partial part counts in FedAvg
     # Counts a rejected message and tells the device why: (device, exception, seq).
     reject: Callable[[str, Rejected, int | None], None]
+    # The protocol version a device speaks: its gradients are framed in it.
+    protocol_of: Callable[[str], ProtocolVersion] = lambda _device_id: PROTOCOL_VERSION
 
 
 @dataclass
@@ -131,6 +141,7 @@ def prepare_parts(
                 act_shape=tuple(cut_shapes(ctx.spec)[cut - 1]),
                 torch_device=ctx.torch_device,
                 max_frame_bytes=ctx.max_frame_bytes,
+                protocol=ctx.protocol_of(device_id),
             )
         parts[device_id] = (device_state, session)
     return parts

@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from edge_service.rejections import Rejected
-from schemas import GradientMeta, TrainConfig, encode_frame, to_meta
+from schemas import (
+    PROTOCOL_VERSION,
+    GradientMeta,
+    ProtocolVersion,
+    TrainConfig,
+    encode_frame,
+    to_meta,
+)
 from splitnn.models import ModelSpec, num_blocks
 from splitnn.partition import build_part, load_part_state
 from splitnn.tensors import from_numpy, to_numpy
@@ -47,6 +54,7 @@ class ServerSession:
         act_shape: tuple[int, ...],
         torch_device: torch.device,
         max_frame_bytes: int,
+        protocol: ProtocolVersion = PROTOCOL_VERSION,  # the device's: its gradients speak it
     ) -> None:
         self.device_id = device_id
         self.round_no = round_no
@@ -55,6 +63,7 @@ class ServerSession:
         self.act_shape = act_shape
         self.num_classes = spec.num_classes
         self.max_frame_bytes = max_frame_bytes
+        self.protocol = protocol
         self.torch_device = torch_device
         self.part: nn.Module = build_part(spec, cut, num_blocks(spec))
         load_part_state(self.part, server_state)
@@ -127,7 +136,9 @@ class ServerSession:
             correct=correct,
             server_s=time.perf_counter() - received,
         )
-        return encode_frame(to_meta(meta), {"grad": grad}, max_bytes=self.max_frame_bytes)
+        return encode_frame(
+            to_meta(meta, self.protocol), {"grad": grad}, max_bytes=self.max_frame_bytes
+        )
 
     def state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.part.state_dict().items()}

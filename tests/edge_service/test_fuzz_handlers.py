@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -32,9 +32,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_service import EdgeService, EdgeSettings
+from edge_service.driver import RoundDriver
+from edge_service.inbox import Inbox
+from edge_service.registry import DeviceRecord
 from edge_service.rejections import Rejected
-from edge_service.rounds import DeviceRound, RoundContext, RoundRunner
-from edge_service.service import DeviceRecord
+from edge_service.rounds import DeviceRound, RoundRunner
 from schemas import (
     ActivationMeta,
     DeviceChannel,
@@ -99,6 +101,8 @@ TALLY = Tally("edge fuzz")
 @dataclass
 class Edge:
     service: EdgeService
+    inbox: Inbox
+    driver: RoundDriver
     link: FakeLink
     failures: FailureLog
 
@@ -108,19 +112,24 @@ def edge() -> Iterator[Edge]:
     service = EdgeService(
         EdgeSettings(dataset="digits", model="small_cnn", policy="sl", torch_threads=1)
     )
+    asyncio.run(service.start_up())  # everything but the network
+    assert service.inbox is not None
+    assert service.driver is not None
+    assert service.executor is not None
     link = FakeLink()
-    service._link = link  # type: ignore[assignment]
+    service.outbox.link = link  # type: ignore[assignment]
     failures = FailureLog()
     tasks_log = logging.getLogger("transport.tasks")
     tasks_log.addHandler(failures)
     # Thousands of rejections each log a warning: keep them out of the captured logs.
-    quiet = [logging.getLogger(n) for n in ("edge_service.service", "edge_service.rounds")]
+    quiet = [logging.getLogger(n) for n in ("edge_service.inbox", "edge_service.rounds")]
     levels = [q.level for q in quiet]
     for q in quiet:
         q.setLevel(logging.ERROR)
     try:
-        yield Edge(service, link, failures)
+        yield Edge(service, service.inbox, service.driver, link, failures)
     finally:
+        service.executor.shutdown(wait=True)
         tasks_log.removeHandler(failures)
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)
@@ -150,7 +159,7 @@ def message(service: EdgeService, device_id: str, channel: DeviceChannel, payloa
 
 async def settle(edge: Edge) -> None:
     """Let the service's background publishes run; none may fail."""
-    await settle_background(edge.service._background, edge.failures)
+    await settle_background(edge.service.outbox.background, edge.failures)
 
 
 async def register(edge: Edge, *device_ids: str) -> None:
@@ -158,7 +167,7 @@ async def register(edge: Edge, *device_ids: str) -> None:
     for device_id in device_ids:
         record: DeviceRecord | None = edge.service.devices.get(device_id)
         if record is None or record.state == "offline":
-            edge.service._handle(
+            edge.inbox.handle(
                 device_id,
                 DeviceChannel.HELLO,
                 message(edge.service, device_id, DeviceChannel.HELLO, to_json(hello(device_id))),
@@ -173,10 +182,10 @@ async def drive(
     service = edge.service
     before = service.counters.snapshot()
     try:
-        service._handle(device_id, channel, message(service, device_id, channel, payload))
+        edge.inbox.handle(device_id, channel, message(service, device_id, channel, payload))
         outcome = "ok"
     except Rejected as exc:
-        service._reject(device_id, channel, exc)  # what the dispatcher does with it
+        edge.inbox.reject(device_id, channel, exc)  # what the dispatcher does with it
         outcome = f"rejected.{exc.reason}"
     except Exception as exc:
         if not is_known_bug(exc, KNOWN_BUGS):
@@ -396,7 +405,7 @@ async def test_valid_looking_frames_with_no_round_open(
     edge, channel, data, topic_id, how, other, tensors, seed
 ):
     await register(edge, REGISTERED)
-    assert edge.service._round is None
+    assert edge.driver.current is None
     meta = data.draw(META_FIELDS[channel])
     claim(meta, topic_id, how, other, data.draw(MSGPACK_WEIRD))
     TALLY.examples[f"{channel}/valid-looking frame"] += 1
@@ -533,7 +542,7 @@ async def test_the_dispatcher_with_random_topics(edge, topics):
     parsed = [service.topics.parse_device_topic(m.topic) for m in messages]
     unknown = service.counters["rejected.unknown_topic"]
     try:
-        await service._dispatch(ScriptedLink(messages))
+        await edge.inbox.dispatch(ScriptedLink(messages))
     except Exception as exc:
         if not is_known_bug(exc, KNOWN_BUGS):
             raise
@@ -560,33 +569,22 @@ _rounds_opened = 0
 
 @pytest.fixture
 async def open_round(edge: Edge) -> AsyncIterator[OpenRound]:
-    """A real RoundRunner for the registered device, serving, as ``EdgeService._train`` runs it."""
+    """A real RoundRunner for the registered device, serving, as the round driver runs it."""
     global _rounds_opened
     _rounds_opened += 1
-    service = edge.service
+    service, driver = edge.service, edge.driver
     await register(edge, REGISTERED, BYSTANDER)
     executor = ThreadPoolExecutor(1, thread_name_prefix="fuzz-compute")
-    ctx = RoundContext(
-        spec=service.spec,
-        torch_device=service.torch_device,
-        max_frame_bytes=service.settings.mqtt.max_payload_bytes,
-        executor=executor,
-        counters=service.counters,
-        publish_grad=service._publish_grad,
-        reject=service._reject_in_round,
-        close_device=service._close_device,
-        close_grace_s=0.1,
-        count_partial=True,
-    )
+    ctx = replace(driver.context, executor=executor, close_grace_s=0.1, count_partial=True)
     train = TrainConfig(lr=0.01, batch_size=BATCH, batches=10**6, batch_timeout_s=30)
     round_no = 100 + _rounds_opened
     runner = RoundRunner(ctx, round_no, service.global_state, {REGISTERED: (SPLIT, train)})
-    service._round, service._round_no = runner, round_no
+    driver.current, driver.round_no = runner, round_no
     task = asyncio.create_task(runner.run(3600.0))
     try:
         yield OpenRound(runner, task, runner.devices[REGISTERED], round_no)
     finally:
-        service._round, service._round_no = None, 0
+        driver.current, driver.round_no = None, 0
         runner.drop(REGISTERED, "the test is over")
         await asyncio.wait_for(task, 10)
         executor.shutdown(wait=True)
@@ -692,7 +690,7 @@ def build_act(spec: ActSpec, round_: OpenRound) -> tuple[str, bytes, bool]:
             {"seq": None},
             {"extra": 1},
             {"seq": -1},
-            {"v": 2},
+            {"v": 3},
             {"kind": "weights"},
             {"seq": 1.5},
         ]
@@ -890,7 +888,7 @@ async def test_hostile_inputs_found_by_fuzzing_are_rejected(edge, channel, paylo
     await register(edge, REGISTERED)
     service = edge.service
     with pytest.raises(Rejected):
-        service._handle(REGISTERED, channel, message(service, REGISTERED, channel, payload))
+        edge.inbox.handle(REGISTERED, channel, message(service, REGISTERED, channel, payload))
 
 
 async def test_the_dispatcher_survives_a_deeply_nested_json_hello(edge):
@@ -904,7 +902,7 @@ async def test_the_dispatcher_survives_a_deeply_nested_json_hello(edge):
         ]
     )
     bad_json = service.counters["rejected.bad_json"]
-    await service._dispatch(link)
+    await edge.inbox.dispatch(link)
     await settle(edge)
     assert service.devices[UNKNOWN].hello.instance == "after"
     assert service.counters["rejected.bad_json"] == bad_json + 1

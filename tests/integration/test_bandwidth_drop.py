@@ -79,7 +79,7 @@ async def test_ares_moves_the_cut_of_the_device_whose_link_dropped(tmp_path):
                 async def drop_while_activations_cross() -> None:
                     # Once the Pi hands most layers to the edge, mid-round.
                     def crossing() -> bool:
-                        runner = edge._round
+                        runner = edge.current_round
                         slot = runner.devices.get("pi-b") if runner else None
                         # An early cut: big activations cross the link every batch.
                         if slot is None or slot.session is None or slot.cut > 3:
@@ -87,8 +87,8 @@ async def test_ares_moves_the_cut_of_the_device_whose_link_dropped(tmp_path):
                         return slot.session.next_seq >= 2
 
                     await wait_until(crossing, timeout_s=HANG_S)
-                    assert edge._round is not None
-                    drop_round.append(edge._round.round_no)
+                    assert edge.current_round is not None
+                    drop_round.append(edge.current_round.round_no)
                     await asyncio.to_thread(links["pi-b"].set_rate, 4.0, 4.0)
 
                 collector = tasks.create_task(collect())

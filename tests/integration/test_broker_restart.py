@@ -27,7 +27,7 @@ async def test_training_survives_a_broker_restart_mid_round(mosquitto):
 
     async def restart_broker_mid_round() -> None:
         def mid_round_two() -> bool:
-            runner = edge._round
+            runner = edge.current_round
             return (
                 runner is not None
                 and runner.round_no == 2
@@ -36,7 +36,7 @@ async def test_training_survives_a_broker_restart_mid_round(mosquitto):
             )  # fmt: skip
 
         await wait_until(mid_round_two)
-        runner = edge._round
+        runner = edge.current_round
         assert runner is not None
         mosquitto.kill()
         killed = time.perf_counter()
@@ -79,23 +79,23 @@ async def test_a_gradient_lost_with_the_broker_is_recovered_at_reconnect(mosquit
     )  # fmt: skip
     edge = EdgeService(settings)
     agent = DeviceAgent(device_settings(mosquitto, 0, 1, mqtt=fast))
-    publish = edge._publish_grad
+    publish = edge.outbox.publish_grad
     lost: list[int] = []
 
     async def lose_one_gradient(device_id: str, payload: bytes) -> None:
-        runner = edge._round
+        runner = edge.current_round
         session = runner.devices[device_id].session if runner else None
         if not lost and runner and runner.round_no == 1 and session and session.next_seq >= 5:
             lost.append(session.next_seq - 1)  # acknowledged, then gone with the broker
             return
         await publish(device_id, payload)
 
-    edge._publish_grad = lose_one_gradient  # type: ignore[method-assign]
+    edge.outbox.publish_grad = lose_one_gradient  # type: ignore[method-assign]
     stall_s: list[float] = []
 
     async def restart_broker_after_the_loss() -> None:
         await wait_until(lambda: bool(lost))
-        runner = edge._round
+        runner = edge.current_round
         assert runner is not None
         session = runner.devices["dev-0"].session
         assert session is not None

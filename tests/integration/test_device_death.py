@@ -29,7 +29,7 @@ async def test_killed_device_is_dropped_at_once_and_training_completes(mosquitto
 
     async def kill_mid_round() -> None:
         while True:
-            runner = edge._round
+            runner = edge.current_round
             slot = runner.devices.get("dev-1") if runner else None
             if slot is not None and slot.session is not None and slot.session.next_seq >= 10:
                 break

@@ -13,7 +13,7 @@ from transport import MqttLink
 
 
 def in_round(edge: EdgeService, device_id: str, round_no: int, batches: int) -> bool:
-    runner = edge._round
+    runner = edge.current_round
     slot = runner.devices.get(device_id) if runner and runner.round_no == round_no else None
     return slot is not None and slot.session is not None and slot.session.next_seq >= batches
 

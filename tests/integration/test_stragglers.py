@@ -65,7 +65,7 @@ async def test_a_part_that_never_arrives_is_late_and_its_steps_are_counted_as_di
     assert late.discarded_batches == late.batches  # applied at the edge, never averaged
     assert only.discarded_batches == late.batches
     assert only.devices["dev-0"].contributed
-    assert edge._status("finished").last_round["dev-1"] == "late"  # the retained status too
+    assert edge.edge_status("finished").last_round["dev-1"] == "late"  # the retained status too
 
 
 async def test_a_partial_part_that_does_not_count_is_late(mosquitto):

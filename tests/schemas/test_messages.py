@@ -116,7 +116,7 @@ def _round_start(**changes: object) -> RoundStart:
         train=TrainConfig(lr=0.1, batch_size=4, batches=3, batch_timeout_s=5),
         deadline_s=60,
     )
-    return RoundStart(**{**fields, **changes})  # type: ignore[arg-type]
+    return RoundStart(**{**fields, **changes})
 
 
 def test_version_1_said_split_and_is_still_read():

@@ -96,7 +96,7 @@ async def test_a_forged_offline_status_is_refuted_without_a_broker():
     status_topic = Topics().device("dev-1", DeviceChannel.STATUS)
 
     async def forge() -> None:
-        while edge._round is None:  # noqa: ASYNC110 - polling another task's attribute
+        while edge.current_round is None:  # noqa: ASYNC110 - polling another task's attribute
             await asyncio.sleep(0.005)
         async with broker.connect("forger", []) as forger:
             forged = to_json(DeviceStatus(device_id="dev-1", state="offline"))

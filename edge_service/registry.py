@@ -1,0 +1,189 @@
+"""The devices the edge knows: what each said at registration, its latest readings, and the one
+rule for which link rates to believe.
+
+Every consumer of a device's link rates (the planner, the report's weight-transfer estimate,
+the metrics) asks :meth:`DeviceRegistry.link`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+
+from edge_service.planning import DeviceReadings
+from edge_service.rejections import Rejected
+from schemas import ComputeProfile, Hello, ProtocolVersion, Telemetry
+
+log = logging.getLogger(__name__)
+
+# measured: the device's own recent estimate; measured (stale): its last one, older than the
+# staleness bound; declared: what its hello said; assumed: the edge's configured default.
+LinkSource = str
+
+
+@dataclass(frozen=True)
+class LinkEstimate:
+    uplink_bps: float
+    downlink_bps: float
+    source: LinkSource
+
+    @property
+    def known(self) -> bool:
+        return self.source != "assumed"
+
+
+@dataclass
+class DeviceRecord:
+    hello: Hello
+    state: str  # online, idle, training or offline
+    last_seen: float
+    telemetry: Telemetry | None = None
+    telemetry_at: float = 0.0  # time.monotonic() of the last telemetry
+    compute: ComputeProfile | None = None  # the latest block timings the device measured
+    # The last good link estimate: a later telemetry without one does not erase it.
+    measured_link: tuple[float, float | None] | None = None
+
+    @property
+    def online(self) -> bool:
+        return self.state != "offline"
+
+    @property
+    def protocol(self) -> ProtocolVersion:
+        """The protocol version the device speaks: it is answered in it."""
+        return self.hello.v
+
+    def take_telemetry(self, telemetry: Telemetry) -> None:
+        self.telemetry, self.telemetry_at = telemetry, time.monotonic()
+        if telemetry.compute is not None:
+            self.compute = telemetry.compute
+        if telemetry.uplink_bps is not None:
+            self.measured_link = (telemetry.uplink_bps, telemetry.downlink_bps)
+
+
+class DeviceRegistry(Mapping[str, DeviceRecord]):
+    """Device id -> record; ``changed`` is set whenever a device arrives, leaves or reports its
+    compute profile (what the start-up waits on)."""
+
+    def __init__(self, *, assumed_link_bps: float, stale_after_s: float) -> None:
+        self.assumed_link_bps = assumed_link_bps
+        self.stale_after_s = stale_after_s
+        self._records: dict[str, DeviceRecord] = {}
+        self.changed = asyncio.Event()
+
+    def __getitem__(self, device_id: str) -> DeviceRecord:
+        return self._records[device_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # --- changes --------------------------------------------------------------------------------
+
+    def register(self, device_id: str, hello: Hello) -> bool:
+        """Record a hello; True if it comes from a new process of a known device (a restart)."""
+        known = self._records.get(device_id)
+        restarted = known is not None and known.hello.instance != hello.instance
+        if known is not None and not restarted:
+            # The same process registering again (after an abort): its readings still hold.
+            record = replace(known, hello=hello, state="online", last_seen=time.time())
+        else:
+            record = DeviceRecord(hello=hello, state="online", last_seen=time.time())
+        self._records[device_id] = record
+        self.changed.set()
+        return restarted
+
+    def registered(self, device_id: str) -> DeviceRecord:
+        """The record of a device that said hello (it is alive: now seen); else ``Rejected``."""
+        record = self._records.get(device_id)
+        if record is None:
+            raise Rejected("unknown_device", "send hello first")
+        record.last_seen = time.time()
+        return record
+
+    def take_telemetry(self, device_id: str, telemetry: Telemetry) -> None:
+        self.registered(device_id).take_telemetry(telemetry)
+        if telemetry.compute is not None:
+            self.changed.set()
+
+    def mark_offline(self, device_id: str) -> bool:
+        """True if the device was online until now."""
+        record = self._records.get(device_id)
+        if record is None or not record.online:
+            return False
+        record.state = "offline"
+        self.changed.set()
+        return True
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def online(self) -> dict[str, DeviceRecord]:
+        return {d: r for d, r in self._records.items() if r.online}
+
+    def link(self, device_id: str) -> LinkEstimate:
+        """The link rates to believe for a device: its newest measurement (stale when old),
+        else what it declared, else the edge's assumption; a missing downlink is the uplink."""
+        record = self._records.get(device_id)
+        if record is not None and record.measured_link is not None:
+            up, down = record.measured_link
+            fresh = time.monotonic() - record.telemetry_at <= self.stale_after_s
+            return LinkEstimate(up, down or up, "measured" if fresh else "measured (stale)")
+        if record is not None and record.hello.uplink_bps is not None:
+            up = record.hello.uplink_bps
+            return LinkEstimate(up, record.hello.downlink_bps or up, "declared")
+        return LinkEstimate(self.assumed_link_bps, self.assumed_link_bps, "assumed")
+
+    def readings(self, device_id: str, wire_itemsize: int, samples: int) -> DeviceReadings:
+        """What the planner needs of one device this round."""
+        record = self._records[device_id]
+        live, link = record.telemetry, self.link(device_id)
+        return DeviceReadings(
+            samples=samples,
+            compute=record.compute,
+            power=record.hello.power,
+            memory_bytes=record.hello.memory_bytes,
+            battery_pct=live.battery_pct if live else None,
+            uplink_bps=link.uplink_bps if link.known else None,
+            downlink_bps=link.downlink_bps if link.known else None,
+            link_source=link.source,
+            wire_itemsize=wire_itemsize,
+            allowed_cuts=record.hello.allowed_cuts,
+        )
+
+    # --- waiting --------------------------------------------------------------------------------
+
+    async def wait_for_devices(self, minimum: int, timeout_s: float) -> None:
+        """Until ``minimum`` devices are online; TimeoutError after ``timeout_s``."""
+        if not await self._wait_until(lambda: len(self.online()) >= minimum, timeout_s):
+            raise TimeoutError(
+                f"only {len(self.online())} of {minimum} devices registered within "
+                f"{timeout_s:.0f} s"
+            )
+
+    async def wait_for_profiles(self, timeout_s: float) -> None:
+        """Give online devices time to measure their block timings before the first plan."""
+
+        def missing() -> list[str]:
+            return [d for d, r in self.online().items() if r.compute is None]
+
+        if not await self._wait_until(lambda: not missing(), timeout_s):
+            log.warning("no compute profile from %s: planning with the edge's own speed",
+                        ", ".join(missing()))  # fmt: skip
+
+    async def _wait_until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not condition():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self.changed.wait()
+        return True
