@@ -270,7 +270,7 @@ class EdgeService:
             loop_lag_s=self.loop_lag.quantiles(),
         )
 
-    # --- supervision (systemd: ares.systemd) -----------------------------------------------------
+    # --- supervision (systemd: runtime.systemd) ----------------------------------------------
 
     def health_problem(self) -> str | None:
         """None while healthy: the link's connection loop and the dispatcher live, and the main
