@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from edge_service.planning import RoundPlan
-from edge_service.registry import DeviceRegistry
+from edge_service.registry import DeviceRegistry, LinkEstimate
 from edge_service.report import DeviceRoundReport, RoundReport
 from edge_service.rounds import DeviceResult
 from planner.energy import device_energy_j
@@ -59,7 +59,8 @@ def _device_report(
 ) -> DeviceRoundReport:
     record = devices.get(result.device_id)
     power = (record.hello.power if record else None) or assumed_power
-    weights_up_s, weights_down_s = _weights_transfer_s(result, devices, global_state)
+    link = devices.link(result.device_id)
+    weights_up_s, weights_down_s = _weights_transfer_s(result, link, global_state)
     energy = device_energy_j(
         power, result.busy_s, result.uplink_s + weights_up_s, result.downlink_s + weights_down_s
     )
@@ -80,9 +81,9 @@ def _device_report(
         contributed=result.contributed,
         discarded_batches=result.discarded_batches,
         energy_j=round(energy, 4),
-        # The device's own estimates, as its telemetry last said.
-        uplink_mbps=_mbps(live.uplink_bps) if live else None,
-        downlink_mbps=_mbps(live.downlink_bps) if live else None,
+        uplink_mbps=_mbps(link.uplink_bps) if link.known else None,
+        downlink_mbps=_mbps(link.downlink_bps) if link.known else None,
+        link_source=link.source,
         battery_pct=live.battery_pct if live else None,
         link_mode=record.hello.link_mode if record else "unknown",
         emulation_behind_s=round(result.behind_s, 4),
@@ -91,7 +92,7 @@ def _device_report(
 
 
 def _weights_transfer_s(
-    result: DeviceResult, devices: DeviceRegistry, global_state: Mapping[str, torch.Tensor]
+    result: DeviceResult, link: LinkEstimate, global_state: Mapping[str, torch.Tensor]
 ) -> tuple[float, float]:
     """Seconds the device part's weights took up and down this round (estimated).
 
@@ -101,11 +102,10 @@ def _weights_transfer_s(
     bits = 8.0 * sum(
         t.numel() * t.element_size() for k, t in global_state.items() if block_index(k) < result.cut
     )
-    link = devices.link(result.device_id)
     # Down with every round start; up only from a device whose part came back.
     up = bits / link.uplink_bps if result.state is not None else 0.0
     return up, bits / link.downlink_bps
 
 
-def _mbps(bps: float | None) -> float | None:
-    return None if bps is None else round(bps / 1e6, 3)
+def _mbps(bps: float) -> float:
+    return round(bps / 1e6, 3)

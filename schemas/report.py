@@ -42,8 +42,11 @@ class DeviceRoundReport(ReportModel):
     # edge's assumption) times its measured compute, send and receive times, and its radio
     # power times the weight transfer (weights_s).
     energy_j: float
-    uplink_mbps: float | None  # the device's own estimates (telemetry)
+    # The link rates the edge believed at the round's end (edge_service.registry's one rule;
+    # None where it only had its own assumption), and where they came from.
+    uplink_mbps: float | None
     downlink_mbps: float | None
+    link_source: str | None = None  # measured, measured (stale), declared or assumed
     battery_pct: float | None
     link_mode: str
     emulation_behind_s: float  # an emulated device's host fell this far behind (0: kept up)
