@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import ValidationError
 
 import runtime
-from ares.bench import add_bench_parser
+from ares.bench_command import add_bench_parser
 from ares.broker_command import add_broker_parser
 from ares.demo_command import DemoHelpFormatter
 from ares.plan_command import add_plan_parser

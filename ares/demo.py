@@ -5,7 +5,7 @@ it starts the processes, follows the edge's retained status topic to show progre
 per-round table from the edge's report, and stops every process it started, also on Ctrl-C.
 
 :func:`run_once` is one such run, returning the edge's report; ``ares demo`` prints it and
-``ares bench`` (:mod:`ares.bench`) runs it once per policy.
+``ares bench`` (:mod:`ares.bench_command`) runs it once per policy.
 """
 
 from __future__ import annotations

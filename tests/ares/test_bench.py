@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from ares.bench import POLICIES, BenchOptions, add_bench_parser, parse_policies
-from ares.bench_plots import PLOT_FILES, write_plots
-from ares.bench_report import (
+from ares.bench_command import add_bench_parser, bench_options, parse_policies
+from experiments.plots import PLOT_FILES, write_plots
+from experiments.report import (
     BenchReportError,
     default_target,
     describe_change,
@@ -26,6 +26,7 @@ from ares.bench_report import (
     summarise,
     time_to_target,
 )
+from experiments.runner import POLICIES
 from testbed.scenario import load_scenario
 
 TINY = Path(__file__).with_name("data") / "tiny.yaml"
@@ -344,18 +345,18 @@ def test_policies_are_checked():
 
 
 def test_options_from_flags(tmp_path):
-    options = BenchOptions.from_args(parse("--scenario", str(TINY), "--out", str(tmp_path)))
+    options = bench_options(parse("--scenario", str(TINY), "--out", str(tmp_path)))
     assert options.policies == POLICIES
     assert (options.effective_rounds, options.effective_alpha) == (2, 0.5)
     assert options.batches_per_round == 3
-    quick = BenchOptions.from_args(
+    quick = bench_options(
         parse("--scenario", "paper-testbed", "--out", str(tmp_path), "--quick", "--alpha", "1")
     )
     assert (quick.effective_rounds, quick.batches_per_round, quick.effective_alpha) == (2, 3, 1.0)
     with pytest.raises(ValueError, match="--alpha must lie in"):
-        BenchOptions.from_args(parse("--scenario", str(TINY), "--out", "x", "--alpha", "2"))
+        bench_options(parse("--scenario", str(TINY), "--out", "x", "--alpha", "2"))
     with pytest.raises(ValueError, match="--rounds must be at least 1"):
-        BenchOptions.from_args(parse("--scenario", str(TINY), "--out", "x", "--rounds", "0"))
+        bench_options(parse("--scenario", str(TINY), "--out", "x", "--rounds", "0"))
 
 
 def test_the_tiny_scenario_loads():

@@ -41,8 +41,8 @@ def test_the_builtins_are_registered_in_order_and_implement_the_protocol():
 
 
 def test_every_entry_point_takes_its_choices_from_the_registry():
-    from ares.bench import POLICIES as BENCH_POLICIES
     from ares.cli import _training_flags
+    from experiments.runner import POLICIES as BENCH_POLICIES
 
     assert set(BENCH_POLICIES) == ({*POLICIES.names(), "sl-best", "sl-first"} - {"sl"})
     parser = argparse.ArgumentParser()

@@ -1,10 +1,11 @@
-"""``ares bench``: ARES against federated and split learning, one policy after another.
+"""The bench (``ares bench``): ARES against federated and split learning, one policy after another.
 
-Every policy runs the same scenario with the same seed and data shards, through the demo's
-machinery (:func:`ares.demo.run_once`: a Mosquitto, the edge and one process per device), never
-two at once, since they would compete for the CPU. Each run gets its own broker: a fresh one
-costs well under a second against minutes of training, and it carries no retained status, plan
-or queued messages over from the previous policy. Everything lands in ``--out``::
+Every policy runs the same scenario with the same seed and data shards, never two at once, since
+they would compete for the CPU. A run is started by the :data:`RunScenario` the caller passes:
+the CLI's is the demo's machinery (a Mosquitto, the edge and one process per device), so this
+package never imports the CLI. Each run gets its own broker: a fresh one costs well under a
+second against minutes of training, and it carries no retained status, plan or queued messages
+over from the previous policy. Everything lands in ``out``::
 
     results.json     every round of every policy (the edge's reports), settings, machine, summary
     summary.md       the comparison: tables, ARES against the others, findings, definitions
@@ -18,7 +19,6 @@ this scenario, chosen before the runs: :func:`choose_sl_cut`) and ``sl-first`` (
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import math
@@ -26,21 +26,18 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ares.bench_report import final_table, render_summary, summarise
-from ares.demo import DemoOptions, RunResult, run_once
+from experiments.report import final_table, render_summary, summarise
 from planner.policies import POLICIES as EDGE_POLICIES
 from schemas import wire_itemsize
 from testbed.scenario import (
     Scenario,
     ScheduleSpec,
-    load_scenario,
     samples_per_round,
-    shipped_scenarios,
 )
 from testbed.schedule import parse_schedule
 
@@ -52,11 +49,13 @@ if TYPE_CHECKING:  # torch and matplotlib load only when a bench runs, not with 
 __all__ = [
     "POLICIES",
     "BenchOptions",
+    "RunOutcome",
+    "RunScenario",
+    "ScenarioRun",
     "SlChoice",
-    "add_bench_parser",
+    "bench",
     "choose_sl_cut",
     "machine_info",
-    "run_bench",
 ]
 
 # The edge's policies, but sl in two flavours: at the cost model's best shared cut and at cut 1.
@@ -82,7 +81,7 @@ class BenchOptions:
     rounds: int | None = None  # None: the scenario's
     alpha: float | None = None  # None: the scenario's
     seed: int = 0
-    target_accuracy: float | None = None  # None: see ares.bench_report.default_target
+    target_accuracy: float | None = None  # None: see experiments.report.default_target
     quick: bool = False
     sl_cut: int | None = None  # sl-best's cut; None: chosen by the cost model
     timeout_s: float = 1800.0  # per policy run
@@ -106,95 +105,44 @@ class BenchOptions:
             return QUICK_BATCHES if batches is None else min(batches, QUICK_BATCHES)
         return batches
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> BenchOptions:
-        policies = parse_policies(args.policies) if args.policies else POLICIES
-        for name, value, low, high in (
-            ("--alpha", args.alpha, 0.0, 1.0),
-            ("--target-accuracy", args.target_accuracy, 0.0, 1.0),
-        ):
-            if value is not None and not low <= value <= high:
-                raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value:g}")
-        for name, number in (("--rounds", args.rounds), ("--sl-cut", args.sl_cut)):
-            if number is not None and number < 1:
-                raise ValueError(f"{name} must be at least 1, got {number}")
-        if args.timeout <= 0:
-            raise ValueError(f"--timeout must be positive, got {args.timeout:g}")
-        return cls(
-            scenario=load_scenario(args.scenario),
-            out=args.out,
-            policies=policies,
-            rounds=args.rounds,
-            alpha=args.alpha,
-            seed=args.seed,
-            target_accuracy=args.target_accuracy,
-            quick=args.quick,
-            sl_cut=args.sl_cut,
-            timeout_s=args.timeout,
-            progress=False if args.no_progress else None,
-        )
+
+@dataclass(frozen=True)
+class ScenarioRun:
+    """One run of the scenario: the edge's settings over the scenario's (None: the scenario's),
+    where its processes log, and how the run is shown. It starts from scratch, never resuming a
+    checkpoint an earlier bench left in ``run_dir``."""
+
+    scenario: Scenario
+    run_dir: Path
+    overrides: Mapping[str, Any]
+    rounds: int
+    timeout_s: float
+    progress: bool | None  # None: a bar when stderr is a terminal
+    label: str  # names the run in progress output: the policy
 
 
-def parse_policies(text: str) -> tuple[str, ...]:
-    """``ares,fl`` -> ("ares", "fl"), in the order given; unknown or repeated names are errors."""
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [n for n in names if n not in POLICIES]
-    if unknown or not names:
-        raise ValueError(
-            f"--policies: unknown {', '.join(unknown) or '(none given)'}; "
-            f"choose from {', '.join(POLICIES)}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"--policies: each policy once, got {text!r}")
-    return names
+class RunOutcome(Protocol):
+    """How a run ended. ``code``: 0 when the edge finished and wrote its report; 130 when
+    interrupted; else a failure, described by ``problem``."""
+
+    @property
+    def code(self) -> int: ...
+    @property
+    def wall_s(self) -> float: ...
+    @property
+    def run_dir(self) -> Path: ...
+    @property
+    def report(self) -> dict[str, Any] | None: ...
+    @property
+    def problem(self) -> str: ...
+    @property
+    def ok(self) -> bool: ...
 
 
-def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``bench`` on an ``add_subparsers()`` result, with ``handler=run_bench``."""
-    parser = subparsers.add_parser(
-        "bench",
-        help="run ARES, fl, sl and static on one scenario and compare them",
-        description=(
-            "Run ARES, federated learning, split learning (best single cut and cut 1) and a "
-            "static plan one after another on the same scenario, seed and data, and compare "
-            "them: results.json, summary.md and plots in --out."
-        ),
-    )
-    parser.add_argument(
-        "--scenario",
-        required=True,
-        help="a scenario file, or a shipped scenario: " + ", ".join(shipped_scenarios()),
-    )
-    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
-    parser.add_argument(
-        "--policies", help=f"comma-separated, in running order (default {','.join(POLICIES)})"
-    )
-    parser.add_argument("--rounds", type=int, help="rounds per policy (default: the scenario's)")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a smoke run: {QUICK_ROUNDS} rounds of at most {QUICK_BATCHES} batches",
-    )
-    parser.add_argument("--alpha", type=float, help="0: save device energy .. 1: save time")
-    parser.add_argument("--seed", type=int, default=0, help="the same for every policy")
-    parser.add_argument(
-        "--target-accuracy",
-        type=float,
-        help="for time to target (default: 90%% of the way from the initial accuracy to the "
-        "lowest final accuracy of all policies)",
-    )
-    parser.add_argument("--sl-cut", type=int, help="sl-best's cut (default: the cost model's)")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="per policy run, seconds")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run_bench)
+RunScenario = Callable[[ScenarioRun], RunOutcome]  # runs it to the end, stopping what it started
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    """The ``bench`` handler: options from flags, then :func:`bench`."""
-    return bench(BenchOptions.from_args(args))
-
-
-def bench(options: BenchOptions) -> int:
+def bench(options: BenchOptions, run_scenario: RunScenario) -> int:
     """Run every policy, write the results, print the comparison; the exit status.
 
     0 when every policy finished; 1 when one failed (the others still run and are compared);
@@ -213,9 +161,9 @@ def bench(options: BenchOptions) -> int:
         choice = choose_sl_cut(options)
         print(f"  sl-best  cut {choice.cut}: {choice.how}")
     runs = _policy_runs(options.policies, choice)
-    results: dict[str, RunResult] = {}
+    results: dict[str, RunOutcome] = {}
     for index, run in enumerate(runs, start=1):
-        result = _run_policy(options, run, index, len(runs))
+        result = _run_policy(options, run_scenario, run, index, len(runs))
         if result.code == 130:
             print("\nares bench: interrupted; stopped every process", file=sys.stderr)
             return 130
@@ -251,30 +199,30 @@ def _policy_runs(names: Sequence[str], choice: SlChoice | None) -> list[PolicyRu
     return runs
 
 
-def _run_policy(options: BenchOptions, run: PolicyRun, index: int, total: int) -> RunResult:
+def _run_policy(
+    options: BenchOptions, run_scenario: RunScenario, run: PolicyRun, index: int, total: int
+) -> RunOutcome:
     run_dir = options.out / "runs" / run.name
     cut = f" at cut {run.split}" if run.split is not None else ""
     print(f"ares bench: {run.name} ({index}/{total}): policy {run.policy}{cut}; logs in {run_dir}",
           flush=True)  # fmt: skip
-    demo = DemoOptions.for_scenario(
-        options.scenario,
-        run_dir=run_dir,
-        overrides={
-            "policy": run.policy,
-            "split": run.split,
-            "alpha": options.effective_alpha,
-            "seed": options.seed,
-            "batches_per_round": options.batches_per_round,
-        },
-        rounds=options.effective_rounds,
-        timeout_s=options.timeout_s,
-        # A checkpoint left by an earlier bench in the same directory must not be resumed.
-        extra_edge_flags=("--fresh",),
-        progress=options.progress,
-        label=run.name,
-        verbose=False,
+    result = run_scenario(
+        ScenarioRun(
+            options.scenario,
+            run_dir=run_dir,
+            overrides={
+                "policy": run.policy,
+                "split": run.split,
+                "alpha": options.effective_alpha,
+                "seed": options.seed,
+                "batches_per_round": options.batches_per_round,
+            },
+            rounds=options.effective_rounds,
+            timeout_s=options.timeout_s,
+            progress=options.progress,
+            label=run.name,
+        )
     )
-    result = run_once(demo)
     if result.ok:
         print(f"  {run.name:<8} done in {result.wall_s:.1f} s", flush=True)
     return result
@@ -287,7 +235,7 @@ def build_results(
     options: BenchOptions,
     machine: Mapping[str, Any],
     choice: SlChoice | None,
-    results: Mapping[str, RunResult],
+    results: Mapping[str, RunOutcome],
 ) -> dict[str, Any]:
     """The results.json document: scenario, machine, settings, every report, the summary."""
     reports = {name: r.report for name, r in results.items() if r.ok and r.report is not None}
@@ -344,7 +292,7 @@ def build_results(
 
 
 def _write(out: Path, document: Mapping[str, Any]) -> None:
-    from ares.bench_plots import write_plots
+    from experiments.plots import write_plots
 
     (out / "results.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     if document.get("summary"):

@@ -1,0 +1,127 @@
+"""``ares bench``'s flags into :class:`~experiments.runner.BenchOptions`, each checked; the run.
+
+The bench itself is :mod:`experiments.runner`; here it gets its flags and the demo's machinery
+(:func:`ares.demo.run_once`: a Mosquitto, the edge and one process per device) to run each
+policy with.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from experiments.runner import POLICIES, QUICK_BATCHES, QUICK_ROUNDS, BenchOptions, bench
+from testbed.scenario import load_scenario, shipped_scenarios
+
+if TYPE_CHECKING:
+    from ares.demo import RunResult
+    from experiments.runner import ScenarioRun
+
+__all__ = ["add_bench_parser", "bench_options", "parse_policies", "run_bench"]
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``bench`` on an ``add_subparsers()`` result, with ``handler=run_bench``."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="run ARES, fl, sl and static on one scenario and compare them",
+        description=(
+            "Run ARES, federated learning, split learning (best single cut and cut 1) and a "
+            "static plan one after another on the same scenario, seed and data, and compare "
+            "them: results.json, summary.md and plots in --out."
+        ),
+    )
+    parser.add_argument(
+        "--scenario",
+        required=True,
+        help="a scenario file, or a shipped scenario: " + ", ".join(shipped_scenarios()),
+    )
+    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument(
+        "--policies", help=f"comma-separated, in running order (default {','.join(POLICIES)})"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds per policy (default: the scenario's)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {QUICK_ROUNDS} rounds of at most {QUICK_BATCHES} batches",
+    )
+    parser.add_argument("--alpha", type=float, help="0: save device energy .. 1: save time")
+    parser.add_argument("--seed", type=int, default=0, help="the same for every policy")
+    parser.add_argument(
+        "--target-accuracy",
+        type=float,
+        help="for time to target (default: 90%% of the way from the initial accuracy to the "
+        "lowest final accuracy of all policies)",
+    )
+    parser.add_argument("--sl-cut", type=int, help="sl-best's cut (default: the cost model's)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="per policy run, seconds")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """The ``bench`` handler: options from flags, then the bench, each run by the demo's means."""
+    return bench(bench_options(args), _run_scenario)
+
+
+def _run_scenario(run: ScenarioRun) -> RunResult:
+    from ares.demo import DemoOptions, run_once
+
+    demo = DemoOptions.for_scenario(
+        run.scenario,
+        run_dir=run.run_dir,
+        overrides=run.overrides,
+        rounds=run.rounds,
+        timeout_s=run.timeout_s,
+        # A checkpoint left by an earlier bench in the same directory must not be resumed.
+        extra_edge_flags=("--fresh",),
+        progress=run.progress,
+        label=run.label,
+        verbose=False,
+    )
+    return run_once(demo)
+
+
+def bench_options(args: argparse.Namespace) -> BenchOptions:
+    """The bench ``args`` ask for; a ValueError (one line) names a bad flag."""
+    policies = parse_policies(args.policies) if args.policies else POLICIES
+    for name, value, low, high in (
+        ("--alpha", args.alpha, 0.0, 1.0),
+        ("--target-accuracy", args.target_accuracy, 0.0, 1.0),
+    ):
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value:g}")
+    for name, number in (("--rounds", args.rounds), ("--sl-cut", args.sl_cut)):
+        if number is not None and number < 1:
+            raise ValueError(f"{name} must be at least 1, got {number}")
+    if args.timeout <= 0:
+        raise ValueError(f"--timeout must be positive, got {args.timeout:g}")
+    return BenchOptions(
+        scenario=load_scenario(args.scenario),
+        out=args.out,
+        policies=policies,
+        rounds=args.rounds,
+        alpha=args.alpha,
+        seed=args.seed,
+        target_accuracy=args.target_accuracy,
+        quick=args.quick,
+        sl_cut=args.sl_cut,
+        timeout_s=args.timeout,
+        progress=False if args.no_progress else None,
+    )
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    """``ares,fl`` -> ("ares", "fl"), in the order given; unknown or repeated names are errors."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown or not names:
+        raise ValueError(
+            f"--policies: unknown {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(POLICIES)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"--policies: each policy once, got {text!r}")
+    return names
