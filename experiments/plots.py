@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from experiments.report import parse_report
+from experiments.metrics import parse_report
 from schemas.report import RunReport
 
 __all__ = ["ADAPTIVE", "PLOT_FILES", "write_plots"]

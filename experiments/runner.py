@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from experiments.report import final_table, render_summary, summarise
+from experiments.comparison import summarise
+from experiments.report import final_table, render_summary
 from planner.policies import POLICIES as EDGE_POLICIES
 from schemas import wire_itemsize
 from testbed.scenario import (
@@ -81,7 +82,7 @@ class BenchOptions:
     rounds: int | None = None  # None: the scenario's
     alpha: float | None = None  # None: the scenario's
     seed: int = 0
-    target_accuracy: float | None = None  # None: see experiments.report.default_target
+    target_accuracy: float | None = None  # None: see experiments.metrics.default_target
     quick: bool = False
     sl_cut: int | None = None  # sl-best's cut; None: chosen by the cost model
     timeout_s: float = 1800.0  # per policy run

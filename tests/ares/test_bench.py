@@ -12,20 +12,19 @@ from typing import Any
 import pytest
 
 from ares.bench_command import add_bench_parser, bench_options, parse_policies
-from experiments.plots import PLOT_FILES, write_plots
-from experiments.report import (
+from experiments.comparison import summarise
+from experiments.metrics import (
     BenchReportError,
     default_target,
     describe_change,
-    final_table,
     measured_objective,
     parse_report,
     policy_metrics,
     relative_change,
-    render_summary,
-    summarise,
     time_to_target,
 )
+from experiments.plots import PLOT_FILES, write_plots
+from experiments.report import final_table, render_summary
 from experiments.runner import POLICIES
 from testbed.scenario import load_scenario
 
