@@ -1,4 +1,4 @@
-"""``ares bench``'s flags into :class:`~experiments.runner.BenchOptions`, each checked; the run.
+"""``ares bench``'s flags into :class:`~experiments.options.BenchOptions`, each checked; the run.
 
 The bench itself is :mod:`experiments.runner`; here it gets its flags and the demo's machinery
 (:func:`ares.demo.run_once`: a Mosquitto, the edge and one process per device) to run each
@@ -11,12 +11,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from experiments.runner import POLICIES, QUICK_BATCHES, QUICK_ROUNDS, BenchOptions, bench
+from experiments.options import POLICIES, QUICK_BATCHES, QUICK_ROUNDS, BenchOptions
+from experiments.runner import bench
 from testbed.scenario import load_scenario, shipped_scenarios
 
 if TYPE_CHECKING:
     from ares.demo import RunResult
-    from experiments.runner import ScenarioRun
+    from experiments.launch import ScenarioRun
 
 __all__ = ["add_bench_parser", "bench_options", "parse_policies", "run_bench"]
 

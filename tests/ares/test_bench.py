@@ -23,9 +23,9 @@ from experiments.metrics import (
     relative_change,
     time_to_target,
 )
+from experiments.options import POLICIES
 from experiments.plots import PLOT_FILES, write_plots
 from experiments.report import final_table, render_summary
-from experiments.runner import POLICIES
 from testbed.scenario import load_scenario
 
 TINY = Path(__file__).with_name("data") / "tiny.yaml"

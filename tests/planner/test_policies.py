@@ -42,7 +42,7 @@ def test_the_builtins_are_registered_in_order_and_implement_the_protocol():
 
 def test_every_entry_point_takes_its_choices_from_the_registry():
     from ares.cli import _training_flags
-    from experiments.runner import POLICIES as BENCH_POLICIES
+    from experiments.options import POLICIES as BENCH_POLICIES
 
     assert set(BENCH_POLICIES) == ({*POLICIES.names(), "sl-best", "sl-first"} - {"sl"})
     parser = argparse.ArgumentParser()
