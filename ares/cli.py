@@ -42,6 +42,7 @@ from testbed.scenario import shipped_scenarios
 
 if TYPE_CHECKING:
     from device_agent import DeviceSettings
+    from device_agent.ports import Environment
     from edge_service import EdgeSettings
     from schemas.config_file import ServiceSettings
 
@@ -375,12 +376,24 @@ def device_settings(args: argparse.Namespace) -> tuple[DeviceSettings, dict[str,
     return load_service_settings(DeviceSettings, args.config, values), values
 
 
+def device_environment(settings: DeviceSettings) -> Environment:
+    """The agent's ports: the testbed's emulation where the settings ask for an emulated board,
+    battery or token-bucket link, else this host as it is."""
+    if settings.emulated:
+        from testbed.emulation import Emulation
+
+        return Emulation(settings).environment()
+    from device_agent.host import host_environment
+
+    return host_environment(settings.sysfs_root)
+
+
 def _device(args: argparse.Namespace) -> int:
     from device_agent import DeviceAgent
 
     settings, _ = device_settings(args)
     logs.setup_logging(args.log_level, settings.device_id, args.log_format)
-    agent = DeviceAgent(settings)
+    agent = DeviceAgent(settings, environment=device_environment(settings))
     try:
         runtime.run(agent.run, service=agent)
     except asyncio.CancelledError:

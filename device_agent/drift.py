@@ -15,9 +15,9 @@ Pure code: the agent passes its timings in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 from schemas import ComputeProfile
-from splitnn.profiling import cumulative
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ def _phase(
 ) -> tuple[float, ...]:
     # A phase over blocks [0, c) takes max(factor * host, floor) summed over [0, c): both sums
     # grow with c, so their max does too, and its steps are the blocks' times.
-    slowed = [factor * t for t in cumulative(host)]
-    reached = slowed if floor is None else list(map(max, slowed, cumulative(floor)))
+    # (Running sums: entry s - 1 is the time of blocks [0, s).)
+    slowed = [factor * t for t in accumulate(host)]
+    reached = slowed if floor is None else list(map(max, slowed, accumulate(floor)))
     return tuple(b - a for a, b in zip([0.0, *reached], reached, strict=False))
 
 

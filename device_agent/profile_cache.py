@@ -20,19 +20,13 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+
+from device_agent.ports import HostTimings
 
 log = logging.getLogger(__name__)
 
 FORMAT = "ares-profile-cache/1"
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
-
-
-class HostTimings(NamedTuple):
-    """Forward and backward seconds of every block, per batch, as this host measured them."""
-
-    forward_s: tuple[float, ...]
-    backward_s: tuple[float, ...]
 
 
 def host_facts(torch_version: str, torch_threads: int) -> dict[str, str | int]:

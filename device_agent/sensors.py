@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-__all__ = ["BatteryReading", "PowerReading", "read_battery", "read_board_power"]
+from device_agent.ports import BatteryReading, PowerReading
+
+__all__ = ["read_battery", "read_board_power"]
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +37,6 @@ _CHARGING_BY_STATUS = MappingProxyType(
 _INPUT_RAIL = re.compile(r"(?:^|_)IN$")
 # Labels the device tree gives channels with nothing connected.
 _UNCONNECTED_LABELS = frozenset({"NC", "N/C", "UNUSED"})
-
-
-@dataclass(frozen=True, slots=True)
-class BatteryReading:
-    """Charge left in percent ``[0, 100]``; charging and power flowing in watts (None: unknown)."""
-
-    percent: float
-    charging: bool | None
-    power_w: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class PowerReading:
-    """Board power in watts and the power of each measured rail by name."""
-
-    total_w: float
-    rails: dict[str, float]
 
 
 # --- battery ------------------------------------------------------------------------------------

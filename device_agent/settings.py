@@ -61,6 +61,13 @@ class DeviceSettings(ServiceSettings):
     sysfs_root: Path = Path("/")  # where /sys is (tests point it at a fake tree)
     exit_on_finish: bool = False
 
+    @property
+    def emulated(self) -> bool:
+        """Whether these settings ask for emulation: a board profile, a battery or a link
+        shaped by the agent (the testbed's; tc-shaped links are shaped outside the agent)."""
+        shaped = self.link_mode == "token-bucket"
+        return self.profile != "host" or self.battery_wh is not None or shaped
+
     @field_validator("device_id")
     @classmethod
     def _check_id(cls, device_id: str) -> str:

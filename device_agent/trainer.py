@@ -1,19 +1,35 @@
 """The device's half of split learning: its blocks, its optimiser, its own data.
 
-Plain synchronous torch; the agent runs these methods in a worker thread.
+:class:`DeviceTrainer` is plain synchronous torch; :class:`TorchTrainer` runs it in a worker
+thread as the session's trainer.
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from schemas import RoundStart
+from device_agent.ports import HostTimings
+from device_agent.profile_cache import ProfileCache, host_facts
+from device_agent.settings import DeviceSettings
+from schemas import ModelInfo, RoundStart
 from splitnn.data import ArrayDataset, BatchStream
-from splitnn.models import ModelSpec, num_blocks
+from splitnn.models import ModelSpec, architecture_fingerprint, num_blocks
 from splitnn.partition import build_part, load_part_state
-from splitnn.tensors import arrays_to_state, from_numpy, state_to_arrays, to_numpy
+from splitnn.profiling import profile_blocks
+from splitnn.tensors import arrays_to_state, from_numpy, state_to_arrays, to_numpy, warm_up_torch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class DeviceTrainer:
@@ -28,7 +44,7 @@ class DeviceTrainer:
         self.trains_whole_model = False
         self.loss_fn = nn.CrossEntropyLoss()
 
-    def start_round(self, start: RoundStart, state: dict[str, np.ndarray]) -> None:
+    def start_round(self, start: RoundStart, state: Mapping[str, np.ndarray]) -> None:
         """Build the device part for this round's cut from the edge's weights."""
         info = start.model
         spec = ModelSpec(info.name, info.in_channels, info.image_size, info.num_classes)
@@ -88,3 +104,101 @@ class DeviceTrainer:
         assert self._stream is not None
         index = self._stream.next_batch()
         return torch.from_numpy(self.data.x[index]), torch.from_numpy(self.data.y[index])
+
+
+class TorchTrainer:
+    """The session's :class:`~device_agent.session.Trainer` over a :class:`DeviceTrainer`: its
+    torch work in one compute thread, and block timings measured here (kept in the profile
+    cache, ``device_agent.profile_cache``, when ``settings.profile_cache``)."""
+
+    def __init__(self, device_trainer: DeviceTrainer, settings: DeviceSettings) -> None:
+        self.device_trainer = device_trainer
+        self.device_id = settings.device_id
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.device_id}-compute")
+        self._profile_cache = (
+            ProfileCache(settings.profile_cache_dir) if settings.profile_cache else None
+        )
+        self.computing_since: float | None = None  # set by the compute thread while it works
+
+    @property
+    def samples(self) -> int:
+        return len(self.device_trainer.data)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.device_trainer.data.input_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.device_trainer.data.num_classes
+
+    @property
+    def trains_whole_model(self) -> bool:
+        return self.device_trainer.trains_whole_model
+
+    async def start_round(self, start: RoundStart, state: Mapping[str, np.ndarray]) -> None:
+        await self.run(self.device_trainer.start_round, start, state)
+
+    async def forward(self) -> tuple[np.ndarray, np.ndarray]:
+        return await self.run(self.device_trainer.forward)
+
+    async def backward(self, grad: np.ndarray) -> None:
+        await self.run(self.device_trainer.backward, grad)
+
+    async def local_step(self) -> tuple[float, int]:
+        return await self.run(self.device_trainer.local_step)
+
+    async def state(self) -> dict[str, np.ndarray]:
+        return await self.run(self.device_trainer.state)
+
+    async def profile(self, model: ModelInfo, batch_size: int) -> HostTimings:
+        """From the profile cache, else measured in the compute thread (and cached)."""
+        spec = ModelSpec(model.name, model.in_channels, model.image_size, model.num_classes)
+        # A cached profile is read beside the compute thread, which may still be warming up.
+        cached = await asyncio.to_thread(self._cached_timings, spec, batch_size)
+        if cached is not None:
+            return cached
+        return await self.run(self._measure_timings, spec, batch_size)
+
+    async def warm_up(self) -> None:
+        """torch's one-time costs (seconds of lazy imports), in the compute thread."""
+        await self.run(warm_up_torch)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the compute thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._stamped, fn, args
+        )
+
+    def close(self) -> None:
+        """Stop the compute thread (the step in hand finishes in the background)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _stamped(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        # In the compute thread (one): the stamp says since when it has been busy.
+        self.computing_since = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self.computing_since = None
+
+    def _measure_timings(self, spec: ModelSpec, batch_size: int) -> HostTimings:
+        """Profile every block here, and cache the result."""
+        measured = profile_blocks(spec, batch_size)
+        timings = HostTimings(measured.forward_s, measured.backward_s)
+        if self._profile_cache is not None:
+            self._profile_cache.store(self._cache_key(spec, batch_size), timings)
+        return timings
+
+    def _cached_timings(self, spec: ModelSpec, batch_size: int) -> HostTimings | None:
+        if self._profile_cache is None:
+            return None
+        cached = self._profile_cache.load(self._cache_key(spec, batch_size), num_blocks(spec))
+        if cached is not None:
+            log.info("%s: block timings of %s from the profile cache", self.device_id, spec.name)
+        return cached
+
+    @staticmethod
+    def _cache_key(spec: ModelSpec, batch_size: int) -> str:
+        facts = host_facts(torch.__version__, torch.get_num_threads())
+        return ProfileCache.key(architecture_fingerprint(spec), batch_size, facts)

@@ -12,10 +12,10 @@ from testbed.scenario import Scenario, ScheduleSpec, samples_per_round
 from testbed.schedule import parse_schedule
 
 if TYPE_CHECKING:  # torch loads only when a bench runs, not with every command
-    from device_agent.emulation import Emulation
     from edge_service.planning import DeviceReadings, PlanDefaults
     from experiments.options import BenchOptions
     from splitnn.profiling import BlockProfile
+    from testbed.emulation import Emulation
 
 __all__ = ["ScenarioPlanInputs", "SlChoice", "choose_sl_cut", "scenario_plan_inputs"]
 
@@ -116,7 +116,6 @@ def scenario_plan_inputs(
     """
     import torch
 
-    from device_agent.emulation import Emulation
     from device_agent.settings import DeviceSettings
     from edge_service.planning import DeviceReadings, PlanDefaults
     from edge_service.settings import EdgeSettings
@@ -124,6 +123,7 @@ def scenario_plan_inputs(
     from splitnn.data import load_dataset
     from splitnn.models import ModelSpec, num_blocks
     from splitnn.profiling import profile_blocks
+    from testbed.emulation import Emulation
 
     train = load_dataset(scenario.dataset, "train", data_dir=scenario.data_dir, seed=seed)
     channels, size, _ = train.input_shape

@@ -1,16 +1,14 @@
 """An emulated battery, drained by the energy the device's cost model accounts.
 
-It reports through the same :class:`device_agent.sensors.BatteryReading` as a real battery, so the
+It reports through the same :class:`device_agent.ports.BatteryReading` as a real battery, so the
 agent treats emulated and real batteries alike.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from device_agent.sensors import BatteryReading
+from device_agent.ports import BatteryReading
 
 __all__ = ["EmulatedBattery"]
 
@@ -94,10 +92,6 @@ class EmulatedBattery:
 
     def reading(self) -> BatteryReading:
         """What a real battery's sensor would report now."""
-        # Imported here, not at the top: device_agent's package imports the agent, which may
-        # import this module, and a top-level import would make that a cycle.
-        from device_agent.sensors import BatteryReading
-
         return BatteryReading(percent=self.percent, charging=False, power_w=self._last_power_w)
 
     def __repr__(self) -> str:

@@ -353,7 +353,7 @@ async def test_a_wedged_compute_step_makes_the_agent_unhealthy(mosquitto, monkey
             await agent.ready.wait()
         assert agent.health_problem() is None
         assert agent.status_line() == "waiting for the edge"
-        wedged = asyncio.create_task(agent._compute(time.sleep, 0.6))
+        wedged = asyncio.create_task(agent.trainer.run(time.sleep, 0.6))
         await wait_until(lambda: agent.health_problem() is not None, 2.0)
         assert "compute step" in (agent.health_problem() or "")
         await wedged

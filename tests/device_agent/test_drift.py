@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from device_agent import DeviceAgent, DeviceSettings
-from device_agent.agent import RoundTally
+from device_agent.session import RoundTally
 from device_agent.drift import DeviceTimings
 from schemas import ComputeProfile, ModelInfo, RoundStart, TrainConfig
 from splitnn.profiling import cumulative

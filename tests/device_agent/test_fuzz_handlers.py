@@ -125,7 +125,7 @@ def device() -> Iterator[Agent]:
         finally:
             tasks_log.removeHandler(failures)
             quiet.setLevel(level)
-            agent._executor.shutdown(wait=True, cancel_futures=True)
+            agent.trainer._executor.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from device_agent.profile_cache import HostTimings, ProfileCache, host_facts
+from device_agent.ports import HostTimings
+from device_agent.profile_cache import ProfileCache, host_facts
 from splitnn.models import ModelSpec, architecture_fingerprint, build_model, fingerprint_module
 
 HOST = host_facts("2.13.0", 1)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.sensors import BatteryReading, PowerReading, read_battery, read_board_power
+from device_agent.ports import BatteryReading, PowerReading
+from device_agent.sensors import read_battery, read_board_power
 
 
 def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:

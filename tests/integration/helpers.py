@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ares.cli import device_environment
 from broker import LocalBroker
 from device_agent import DeviceAgent, DeviceSettings
 from edge_service import EdgeService, EdgeSettings, RunReport
@@ -56,6 +57,12 @@ def device_settings(broker: LocalBroker, index: int, count: int, **changes: Any)
         torch_threads=1,
     )
     return DeviceSettings(**{**fields, **changes})
+
+
+def emulated_agent(settings: DeviceSettings) -> DeviceAgent:
+    """An agent wired as ``ares device`` wires it: on the testbed's emulation of the board,
+    battery or link its settings ask for."""
+    return DeviceAgent(settings, environment=device_environment(settings))
 
 
 async def train(edge: EdgeService, agents: list[DeviceAgent], timeout_s: float = 240) -> RunReport:

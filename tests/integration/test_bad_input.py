@@ -77,4 +77,4 @@ async def test_garbage_everywhere_is_rejected_and_training_completes(mosquitto):
     assert {e["reason"] for e in errors} <= {k.removeprefix("rejected.") for k in rejected}
     # Every batch the device sent was applied exactly once.
     batches = sum(r.devices["dev-0"].batches for r in report.rounds)
-    assert batches == 3 * agent.trainer.batches_per_round(16)
+    assert batches == 3 * agent.trainer.device_trainer.batches_per_round(16)

@@ -58,7 +58,7 @@ async def test_training_survives_a_broker_restart_mid_round(mosquitto):
     assert [r.round for r in report.rounds] == [1, 2, 3]
     for round_report in report.rounds:
         for device_id, device in round_report.devices.items():
-            planned = -(-next(len(a.data) for a in agents if a.device_id == device_id) // 16)
+            planned = -(-next(a.trainer.samples for a in agents if a.device_id == device_id) // 16)
             assert device.status == "ok", (round_report.round, device_id, device.status)
             # No lost and no duplicated step: the edge applied each planned batch exactly once.
             assert device.batches == planned
@@ -115,7 +115,7 @@ async def test_a_gradient_lost_with_the_broker_is_recovered_at_reconnect(mosquit
         report = await edge.run()
 
     assert stall_s
-    planned = -(-len(agent.data) // 16)
+    planned = -(-agent.trainer.samples // 16)
     for round_report in report.rounds:
         device = round_report.devices["dev-0"]
         assert (device.status, device.batches) == ("ok", planned), round_report.round

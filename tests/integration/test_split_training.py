@@ -62,7 +62,7 @@ async def test_one_device_matches_centralised_training(mosquitto, model, dataset
     report = await train(edge, [agent])
 
     assert [r.devices["dev-0"].status for r in report.rounds] == ["ok", "ok"]
-    expected = centralised_training(edge.spec, 7, agent.trainer.seed, 2, settings)
+    expected = centralised_training(edge.spec, 7, agent.trainer.device_trainer.seed, 2, settings)
     assert set(edge.global_state) == set(expected)
     for name, value in expected.items():
         torch.testing.assert_close(edge.global_state[name], value, rtol=1e-4, atol=1e-5)

@@ -6,7 +6,7 @@ import asyncio
 
 from device_agent import DeviceAgent
 from edge_service import EdgeService
-from tests.integration.helpers import device_settings, edge_settings, train
+from tests.integration.helpers import device_settings, edge_settings, emulated_agent, train
 
 # Every round's deadline, whatever the plan predicts (floor = cap). The emulated Pi cannot
 # finish its share in it on any host (its compute is paced to the Pi's, 5 s and more for its 45
@@ -22,10 +22,10 @@ async def test_slow_device_is_closed_at_the_deadline_and_counts_by_its_samples(m
     edge = EdgeService(settings)
     fast = DeviceAgent(device_settings(mosquitto, 0, 2))
     # An emulated Raspberry Pi: far slower than this host, so it cannot finish in time.
-    slow = DeviceAgent(device_settings(mosquitto, 1, 2, profile="raspberry-pi-3b+"))
+    slow = emulated_agent(device_settings(mosquitto, 1, 2, profile="raspberry-pi-3b+"))
     report = await train(edge, [fast, slow])
 
-    planned = -(-len(slow.data) // 16)
+    planned = -(-slow.trainer.samples // 16)
     for round_report in report.rounds:
         assert round_report.devices["dev-0"].status == "ok"
         straggler = round_report.devices["dev-1"]
@@ -50,7 +50,7 @@ async def test_a_part_that_never_arrives_is_late_and_its_steps_are_counted_as_di
     )  # fmt: skip
     edge = EdgeService(settings)
     fast = DeviceAgent(device_settings(mosquitto, 0, 2))
-    slow = DeviceAgent(device_settings(mosquitto, 1, 2, profile="raspberry-pi-3b+"))
+    slow = emulated_agent(device_settings(mosquitto, 1, 2, profile="raspberry-pi-3b+"))
 
     async def upload_lost(*_: object) -> None:  # as if the upload never got through
         await asyncio.Event().wait()
@@ -75,7 +75,7 @@ async def test_a_partial_part_that_does_not_count_is_late(mosquitto):
     )  # fmt: skip
     edge = EdgeService(settings)
     fast = DeviceAgent(device_settings(mosquitto, 0, 2))
-    slow = DeviceAgent(device_settings(mosquitto, 1, 2, profile="raspberry-pi-3b+"))
+    slow = emulated_agent(device_settings(mosquitto, 1, 2, profile="raspberry-pi-3b+"))
     report = await train(edge, [fast, slow])
     late = report.rounds[0].devices["dev-1"]
     assert (late.status, late.contributed) == ("late", False)
@@ -89,7 +89,7 @@ async def test_a_device_that_gives_up_is_aborted_and_trains_the_next_round(mosqu
     edge = EdgeService(settings)
     steady = DeviceAgent(device_settings(mosquitto, 0, 2))
     failing = DeviceAgent(device_settings(mosquitto, 1, 2))
-    backward = failing.trainer.backward
+    backward = failing.trainer.device_trainer.backward
     calls: list[int] = []
 
     def backward_failing_once(grad):
@@ -98,7 +98,7 @@ async def test_a_device_that_gives_up_is_aborted_and_trains_the_next_round(mosqu
             raise RuntimeError("out of memory (simulated)")
         return backward(grad)
 
-    failing.trainer.backward = backward_failing_once  # type: ignore[method-assign]
+    failing.trainer.device_trainer.backward = backward_failing_once  # type: ignore[method-assign]
     report = await train(edge, [steady, failing])
 
     first = report.rounds[0].devices["dev-1"]

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from device_agent import DeviceAgent
 from device_agent.link_estimate import MIN_SAMPLE_BYTES, ThroughputEstimate
 from edge_service import EdgeService
-from tests.integration.helpers import device_settings, edge_settings, train
+from tests.integration.helpers import device_settings, edge_settings, emulated_agent, train
 
 UPLINK_BPS, DOWNLINK_BPS = 8e6, 16e6
 NEAR = 0.85  # the least delayed transfer reaches this share of the rate
@@ -39,12 +38,12 @@ def recording(
 
 async def test_token_bucket_link_is_measured_at_its_rate(mosquitto, monkeypatch):
     settings = edge_settings(mosquitto, rounds=2, split=1, batches_per_round=10, batch_size=32)
-    agent = DeviceAgent(
+    agent = emulated_agent(
         device_settings(
             mosquitto, 0, 1, link_mode="token-bucket", uplink_schedule="8", downlink_schedule="16"
         )
     )
-    shaper = agent.emulation.shaper
+    shaper = agent.environment.link.shaper
     assert shaper is not None
     assert (shaper.uplink.rate_bps, shaper.downlink.rate_bps) == (UPLINK_BPS, DOWNLINK_BPS)
     # Bursts of at most a frame (transport/shaping.py): a 16 KiB one let 131 kB messages run 10%

@@ -1,23 +1,27 @@
 """Running the agent as an emulated device of the testbed (a Raspberry Pi, a Jetson, ...).
 
-The real computation always runs; each compute phase is then padded to the time the emulated
-device would take (testbed.profiles), an emulated battery is drained by the energy the cost
-model accounts, and, where links are not shaped by tc, a token bucket shapes the agent's own
-traffic along the link's bandwidth schedule. If the host is slower than the emulated device the
-agent says so (``behind_s``) instead of reporting times it did not achieve.
+:class:`Emulation` implements the agent's ports (``device_agent.ports``) for the device its
+settings describe. The real computation always runs; each compute phase is then padded to the
+time the emulated device would take (testbed.profiles), an emulated battery is drained by the
+energy the cost model accounts, and, where links are not shaped by tc, a token bucket shapes the
+agent's own traffic along the link's bandwidth schedule. If the host is slower than the emulated
+device the agent says so (``behind_s``) instead of reporting times it did not achieve.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable
 
+from device_agent.host import host_environment
+from device_agent.ports import BatteryReading, Environment, HostTimings, Pace
 from device_agent.settings import DeviceSettings
 from planner.energy import device_energy_j
-from schemas import PowerFigures
+from schemas import ModelInfo, PowerFigures
 from splitnn.models import ModelSpec
 from splitnn.profiling import profile_blocks
 from testbed.battery import EmulatedBattery
@@ -38,6 +42,9 @@ log = logging.getLogger(__name__)
 
 
 class Emulation:
+    """The board, battery and link that ``settings`` ask for: the agent's ``Board``,
+    ``Battery`` (with ``battery_wh``) and ``LinkShaping`` ports (see :meth:`environment`)."""
+
     def __init__(self, settings: DeviceSettings) -> None:
         self.settings = settings
         self.profile = get_profile(settings.profile)
@@ -62,39 +69,61 @@ class Emulation:
                 self.schedules[0].rate_at(0.0) * 1e6, self.schedules[1].rate_at(0.0) * 1e6
             )
 
+    def environment(self) -> Environment:
+        """The agent's ports: this emulation's board and link, its battery if it has one, and
+        otherwise the host's own sensors."""
+        host = host_environment(self.settings.sysfs_root)
+        battery = self if self.battery is not None else host.battery
+        return dataclasses.replace(host, board=self, battery=battery, link=self)
+
+    # --- the board ------------------------------------------------------------------------------
+
     @property
     def emulates_compute(self) -> bool:
         return self.profile.emulated
 
+    @property
+    def memory_bytes(self) -> int | None:
+        return self.profile.memory_bytes
+
     def power(self) -> PowerFigures | None:
         return self.profile.power
 
-    def prepare(self, model: str, measure: HostProfiler = _profile) -> None:
-        """Measure the host on the profile's reference model, once, if ``model`` needs it.
-
-        Runs in the compute thread: a profile of the reference model takes about a second
-        (``measure`` may take it from the agent's profile cache instead).
-        """
+    def reference(self, model: str) -> tuple[ModelInfo, int] | None:
+        """The profile's reference model and batch, if pacing ``model`` needs the host's
+        timings of them (another model, before :meth:`calibrate`)."""
         if not self.emulates_compute or self._pacer.can_pace(model):
-            return
-        reference = ModelSpec(self.profile.reference_model, 3, 32, 10)
+            return None
+        info = ModelInfo(
+            name=self.profile.reference_model, in_channels=3, image_size=32, num_classes=10
+        )
+        return info, self.profile.reference_batch
+
+    def calibrate(self, reference: HostTimings) -> None:
         self._pacer = ComputePacer(
-            self.profile,
-            time_scale=self.time_scale,
-            host_reference=measure(reference, self.profile.reference_batch),
+            self.profile, time_scale=self.time_scale, host_reference=reference
         )
 
-    def target_s(
-        self, phases: tuple[Phase, ...], blocks: int, batch: int, model: str, host_s: float
-    ) -> float | None:
-        """Emulated time of ``phases`` over the first ``blocks`` blocks (None: not emulating)."""
+    def prepare(self, model: str, measure: HostProfiler = _profile) -> None:
+        """:meth:`reference` and :meth:`calibrate` in one, measuring here (off the agent: the
+        agent asks its trainer, which may take the timings from its profile cache)."""
+        needed = self.reference(model)
+        if needed is not None:
+            info, batch = needed
+            spec = ModelSpec(info.name, info.in_channels, info.image_size, info.num_classes)
+            self.calibrate(HostTimings(*measure(spec, batch)))
+
+    def _target_s(self, pace: Pace, host_s: float) -> float | None:
+        """Emulated time of ``pace``'s phases over its blocks (None: not emulating)."""
         if not self.emulates_compute:
             return None
         total = 0.0
-        for phase in phases:
+        for phase in pace.phases:
             # Another model's phases are paced in proportion to the host's whole measured time.
-            share = host_s / len(phases)
-            target = self._pacer.target_s(phase, 0, blocks, batch, model, host_s=share)
+            share = host_s / len(pace.phases)
+            target = self._pacer.target_s(
+                phase, 0, pace.blocks, pace.batch, pace.model, host_s=share
+            )
             total += target or 0.0
         return total
 
@@ -117,12 +146,19 @@ class Emulation:
 
         return emulated("forward", forward_s), emulated("backward", backward_s)
 
-    async def pace(self, started: float, target_s: float | None) -> float:
-        """Sleep out the rest of ``target_s`` since ``started``; returns seconds behind."""
-        result = pad(time.perf_counter() - started, target_s)
+    async def pad(self, pace: Pace, started: float) -> float:
+        """Sleep out the rest of ``pace``'s emulated time since ``started``; returns seconds
+        behind."""
+        host_s = time.perf_counter() - started
+        result = pad(host_s, self._target_s(pace, host_s))
         if result.sleep_s > 0:
             await asyncio.sleep(result.sleep_s)
         return result.behind_s
+
+    # --- the battery ----------------------------------------------------------------------------
+
+    def reading(self) -> BatteryReading | None:
+        return self.battery.reading() if self.battery is not None else None
 
     def account(self, busy_s: float, uplink_s: float, downlink_s: float) -> None:
         """Drain the emulated battery by the round's energy under the profile's power."""
@@ -133,7 +169,9 @@ class Emulation:
         elapsed = busy_s + uplink_s + downlink_s
         self.battery.drain(joules, over_s=elapsed if elapsed > 0 else None)
 
-    async def follow_schedules(self) -> None:
+    # --- the link -------------------------------------------------------------------------------
+
+    async def follow(self) -> None:
         """Token-bucket mode: change the emulated link rates when the schedules say."""
         if self.schedules is None or self.shaper is None:
             return
