@@ -115,7 +115,7 @@ def device() -> Iterator[Agent]:
     tasks_log = logging.getLogger("transport.tasks")
     tasks_log.addHandler(failures)
     # Thousands of ignored messages and failed rounds each log: keep them out of the captures.
-    quiet = logging.getLogger("device_agent.agent")
+    quiet = logging.getLogger("device_agent.session")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     with pytest.MonkeyPatch.context() as patch:

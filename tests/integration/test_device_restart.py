@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-import device_agent.agent
+import device_agent.trainer
 from device_agent import DeviceAgent
 from edge_service import EdgeService
 from tests.integration.helpers import device_settings, edge_settings, wait_until
@@ -15,13 +15,13 @@ async def test_a_restarted_agent_reuses_its_profile_and_trains_again(
     mosquitto, tmp_path, monkeypatch
 ):
     profiled: list[str] = []
-    measure = device_agent.agent.profile_blocks  # type: ignore[attr-defined]
+    measure = device_agent.trainer.profile_blocks  # type: ignore[attr-defined]
 
     def counting_profile(spec, batch_size):
         profiled.append(spec.name)
         return measure(spec, batch_size)
 
-    monkeypatch.setattr(device_agent.agent, "profile_blocks", counting_profile)
+    monkeypatch.setattr(device_agent.trainer, "profile_blocks", counting_profile)
     settings = device_settings(mosquitto, 0, 1, profile_cache_dir=tmp_path)
     edge = EdgeService(edge_settings(mosquitto, rounds=4, split=2, batches_per_round=20))
     first, second = DeviceAgent(settings), DeviceAgent(settings)
