@@ -2,8 +2,8 @@
 
 Per device count, on a private Mosquitto: the edge (benchmarks/scale_edge.py: EdgeService as
 ``ares edge`` runs it, in its own process, its loop lag filed by phase) and the light devices
-(benchmarks/scale_devices.py: the real wire protocol, many MQTT clients per process, no torch
-work, a think time per batch standing in for the board's compute) train ``--rounds`` rounds of
+(benchmarks/scale_devices.py: the agent's protocol session, many MQTT clients per process, no
+torch work, a think time per batch standing in for the board's compute) train ``--rounds`` rounds of
 ``--batches`` batches of the ``tiny`` model at cut ``--split``. Measured:
 
 * batches per second served by the edge over the training phase (registration done -> last

@@ -1,23 +1,18 @@
-"""Light emulated devices for bench_edge_scale.py: many in one process, the real wire protocol.
+"""Light emulated devices for bench_edge_scale.py: many in one process, the agent's own protocol.
 
 A DeviceAgent loads torch and a dataset and trains for real; hundreds of them would swamp the
-machine the edge is measured on. A light device speaks the same protocol (schemas.topics,
-schemas.messages, schemas.codec) over its own MQTT connection, and replaces the compute with a
-sleep ("think time": the forward and backward of a batch on an IoT board):
+machine the edge is measured on. A light device is the agent's protocol session
+(``device_agent.session``, which imports no torch) over its own MQTT connection, with a trainer
+that computes nothing: a batch takes its "think time" (the forward and backward of a batch on an
+IoT board), 40% before its activations leave and 60% after the gradient is back, as the compute
+profile it reports says; the activations are zeros of the cut's shape and wire dtype, with
+labels; at the round's end it uploads the weights the round start carried. Registration, the
+welcome's telemetry, periodic telemetry, round start, close and abort, the batch timeout and
+its re-sends, pings and finish are the agent's own.
 
-* on the edge's retained status with a new session: ``hello``; on ``welcome``: telemetry with a
-  compute profile consistent with the think time (the planner uses it); telemetry again every
-  ``telemetry_interval_s`` and at every round end, as the agent does;
-* on ``round_start``: status ``training``; per batch: think, publish the activations at the
-  plan's cut (random, finite, the right shape and dtype) with labels, wait for the gradient
-  with the round's batch timeout and re-send if it is late (as the agent does), check its shape;
-  then upload the device part's weights (those the round start carried: right keys, shapes,
-  dtypes) and report ``idle``; ``round_close`` stops after the batch in hand; ``round_abort``
-  drops the round; ``finish`` ends the device.
-
-Everything a device sees is tallied per process and written as JSON when every device has
-finished: gradients and their round trips, re-sends (late gradients), how late the device
-itself sent (its event loop's lag), the edge's rejections, round outcomes.
+Everything a device sees is tallied per process (the session's events) and written as JSON when
+every device has finished: gradients and their round trips, re-sends (late gradients), how late
+the device itself sent (its event loop's lag), the edge's rejections, round outcomes.
 
     python benchmarks/scale_devices.py --broker mqtt://127.0.0.1:PORT --first 0 --count 100 \
         --cut-shapes '[[32], [32], [10]]' --out devices-0.json
@@ -27,14 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import logging
 import random
-import statistics
 import time
-import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,42 +35,24 @@ import numpy as np
 from benchutil import summary
 
 import runtime
+from device_agent.host import host_environment
+from device_agent.ports import HostTimings
+from device_agent.session import DeviceSession, NoGradient, SessionEvents
+from device_agent.settings import DeviceSettings
 from edge_service.loop_lag import LoopLagMonitor
 from schemas import (
-    ActivationMeta,
-    ComputeProfile,
-    DeviceChannel,
-    DeviceStatus,
-    EdgeStatus,
     ErrorReport,
     Finish,
-    Frame,
-    GradientMeta,
-    Hello,
+    ModelInfo,
     Ping,
     RoundAbort,
     RoundClose,
     RoundStart,
-    Telemetry,
-    Topics,
-    WeightsMeta,
     Welcome,
-    decode_frame,
-    encode_frame,
-    parse_ctrl,
-    parse_json,
-    parse_meta,
-    to_json,
-    to_meta,
 )
-from schemas.messages import DeviceState
-from transport import LastWill, LinkError, Message, MqttLink, MqttSettings
-from transport.tasks import BackgroundTasks, cancel_and_wait
+from transport import MqttSettings
 
-log = logging.getLogger(__name__)
-
-GRAD_RETRIES = 3  # the agent's default, kept here: importing device_agent would load torch
-STOP_TIMEOUT_S = 2.0
+FORWARD_SHARE = 0.4  # of a batch's think time; the rest is its backward
 
 
 @dataclass(frozen=True)
@@ -153,254 +127,124 @@ class Tally:
         }
 
 
-class LightDevice:
-    """One emulated device: its own MQTT connection, no torch."""
+class TallyEvents(SessionEvents):
+    """A light device's session events, counted in the process's tally."""
 
-    def __init__(
-        self, device_id: str, mqtt: MqttSettings, fleet: FleetConfig, tally: Tally, seed: int
-    ) -> None:
-        self.device_id = device_id
-        self.mqtt = mqtt
-        self.fleet = fleet
+    def __init__(self, tally: Tally) -> None:
         self.tally = tally
-        self.topics = Topics(mqtt.prefix)
-        self.instance = uuid.uuid4().hex[:12]
-        self.random = random.Random(seed)
-        self.numpy_rng = np.random.default_rng(seed)
-        self.finished = asyncio.Event()
-        self.edge_session: str | None = None
-        self._link: MqttLink | None = None
-        self._training: asyncio.Task[None] | None = None
-        self._closing_round: int | None = None
-        self._pending: dict[tuple[int, int], asyncio.Future[Frame]] = {}
-        self._background = BackgroundTasks()
 
-    async def run(self) -> None:
-        channels = (DeviceChannel.CTRL, DeviceChannel.GRAD, DeviceChannel.ERROR)
-        subscriptions = [(self.topics.device(self.device_id, ch), 1) for ch in channels]
-        subscriptions.append((self.topics.edge_status, 1))
-        will = LastWill(
-            self.topics.device(self.device_id, DeviceChannel.STATUS),
-            to_json(DeviceStatus(device_id=self.device_id, state="offline")),
-        )
-        link = MqttLink(
-            self.mqtt, f"light-{self.device_id}", subscriptions, will=will,
-            on_connect=lambda: self._status("online"),
-        )  # fmt: skip
-        self._link = link
-        async with link, asyncio.TaskGroup() as tasks:
-            dispatcher = tasks.create_task(self._dispatch(link))
-            telemetry = tasks.create_task(self._telemetry_loop())
-            await self.finished.wait()
-            if self._training is not None:
-                await cancel_and_wait(self._training)
-            dispatcher.cancel()
-            telemetry.cancel()
-            await self._background.drain(STOP_TIMEOUT_S)
-            with contextlib.suppress(LinkError, TimeoutError):
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await self._status("offline")
+    def hello(self) -> None:
+        self.tally.hellos += 1
 
-    # --- inbound --------------------------------------------------------------------------------
-
-    async def _dispatch(self, link: MqttLink) -> None:
-        async for message in link.messages():
-            self._handle(message)
-
-    def _handle(self, message: Message) -> None:
-        if not message.payload:
-            return
-        if message.topic == self.topics.edge_status:
-            status = parse_json(EdgeStatus, message.payload)
-            if status.state != "stopped" and status.session != self.edge_session:
-                self.edge_session = status.session
-                self._background.spawn(self._hello())
-            return
-        parsed = self.topics.parse_device_topic(message.topic)
-        if parsed is None:
-            return
-        channel = parsed[1]
-        if channel is DeviceChannel.ERROR:
-            self.tally.errors[parse_json(ErrorReport, message.payload).reason] += 1
-            return
-        frame = decode_frame(message.payload, max_bytes=self.mqtt.max_payload_bytes)
-        if channel is DeviceChannel.GRAD:
-            grad = parse_meta(GradientMeta, frame.meta)
-            future = self._pending.get((grad.round, grad.seq))
-            if future is not None and not future.done():
-                future.set_result(frame)
-        elif channel is DeviceChannel.CTRL:
-            self._on_ctrl(parse_ctrl(frame.meta), frame)
-
-    def _on_ctrl(
-        self,
-        message: Welcome | RoundStart | RoundClose | RoundAbort | Ping | Finish,
-        frame: Frame,
-    ) -> None:
-        if isinstance(message, Welcome):
-            self.edge_session = message.session
-            self._background.spawn(self._telemetry(profile=message))
-        elif isinstance(message, Ping):  # the edge checks an offline status: we are here
-            training = self._training is not None and not self._training.done()
-            self._background.spawn(
-                self._status("training" if training else "idle", nonce=message.nonce)
-            )
-        elif isinstance(message, RoundStart):
-            self._cancel_training()
+    def ctrl(self, message: Welcome | RoundStart | RoundClose | RoundAbort | Ping | Finish) -> None:
+        if isinstance(message, RoundStart):
             self.tally.round_starts += 1
             self.tally.mark_training(first=True)
-            self._training = asyncio.create_task(self._train(message, dict(frame.tensors)))
+            self.tally.batch_timeouts_s.add(message.train.batch_timeout_s)
         elif isinstance(message, RoundClose):
-            self._closing_round = message.round
             self.tally.closed += 1
         elif isinstance(message, RoundAbort):
             self.tally.aborted += 1
-            self._cancel_training()
-        else:
-            self._cancel_training()
-            self.finished.set()
 
-    def _cancel_training(self) -> None:
-        if self._training is not None and not self._training.done():
-            self._training.cancel()
+    def rejected(self, error: ErrorReport) -> None:
+        self.tally.errors[error.reason] += 1
 
-    # --- a round --------------------------------------------------------------------------------
+    def resent(self) -> None:
+        self.tally.resends += 1
 
-    async def _train(self, start: RoundStart, state: dict[str, np.ndarray]) -> None:
-        try:
-            await self._train_round(start, state)
-        except Exception as exc:  # counted and reported: the benchmark must not hide a bug
-            self.tally.failures[f"{type(exc).__name__}: {exc}"[:200]] += 1
-            log.exception("%s: round %d failed", self.device_id, start.round)
-            with contextlib.suppress(LinkError):
-                await self._status("aborted", start.round)
+    def gradient(self, since_sent_s: float, server_s: float) -> None:
+        self.tally.batches += 1
+        self.tally.grad_at.append(time.monotonic())
+        self.tally.rtt_s.append(since_sent_s)
+        self.tally.server_s.append(server_s)
 
-    async def _train_round(self, start: RoundStart, state: dict[str, np.ndarray]) -> None:
-        train, blocks = start.train, len(self.fleet.cut_shapes)
-        self.tally.batch_timeouts_s.add(train.batch_timeout_s)
-        await self._status("training", start.round)
-        batches, rtts, losses = 0, [], []
-        for seq in range(train.batches):
-            if self._closing_round == start.round:
-                break
-            due = time.monotonic() + self._think()
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if start.cut < blocks:
-                self.tally.slip_s.append(time.monotonic() - due)
-                reply = await self._exchange(start, seq, due)
-                if reply is None:
-                    await self._status("aborted", start.round)
-                    return
-                meta = parse_meta(GradientMeta, reply.meta)
-                rtts.append(time.monotonic() - due)
-                losses.append(meta.loss)
-            batches += 1
-        weights = WeightsMeta(
-            device_id=self.device_id, round=start.round, cut=start.cut,
-            samples=batches * train.batch_size, batches=batches,
-            busy_s=batches * self.fleet.think_s,
-            loss=statistics.fmean(losses) if losses else 1.0,
-            rtt_median_s=statistics.median(rtts) if rtts else None,
-        )  # fmt: skip
-        payload = encode_frame(to_meta(weights), state, max_bytes=self.mqtt.max_payload_bytes)
-        await self._publish(self.topics.device(self.device_id, DeviceChannel.WEIGHTS), payload)
+    def uploaded(self) -> None:
         self.tally.uploads += 1
         self.tally.mark_training(first=False)
-        await self._status("idle", start.round)
-        await self._telemetry(round_no=start.round, batches=batches)
+
+    def round_failed(self, error: Exception) -> None:
+        if isinstance(error, NoGradient):
+            self.tally.failed_batches += 1
+        else:  # counted and reported: the benchmark must not hide a bug
+            self.tally.failures[f"{type(error).__name__}: {error}"[:200]] += 1
+
+
+class ThinkingTrainer:
+    """The session's trainer without compute: it sleeps each batch's think time (varied by
+    the fleet's jitter) and sends zeros; no torch."""
+
+    def __init__(self, fleet: FleetConfig, tally: Tally, rng: random.Random) -> None:
+        self.fleet = fleet
+        self.tally = tally
+        self.random = rng
+        self.samples = fleet.samples
+        self.input_shape = fleet.input_shape
+        self.num_classes = fleet.num_classes
+        self.trains_whole_model = False
+        self._start: RoundStart | None = None
+        self._state: dict[str, np.ndarray] = {}
+        self._think_s = fleet.think_s  # the batch in hand's
+
+    async def start_round(self, start: RoundStart, state: Mapping[str, np.ndarray]) -> None:
+        self._start, self._state = start, dict(state)
+        self.trains_whole_model = start.cut >= len(self.fleet.cut_shapes)
+
+    async def forward(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self._start is not None
+        self._think_s = self._think()
+        due = time.monotonic() + FORWARD_SHARE * self._think_s
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        self.tally.slip_s.append(time.monotonic() - due)
+        train = self._start.train
+        shape = (train.batch_size, *self.fleet.cut_shapes[self._start.cut - 1])
+        act = np.zeros(shape, dtype=np.dtype(train.wire_dtype))
+        return act, np.zeros(train.batch_size, dtype=np.int64)
+
+    async def backward(self, grad: np.ndarray) -> None:
+        await asyncio.sleep((1 - FORWARD_SHARE) * self._think_s)
+
+    async def local_step(self) -> tuple[float, int]:
+        assert self._start is not None
+        await asyncio.sleep(self._think())
+        return 1.0, self._start.train.batch_size
+
+    async def state(self) -> dict[str, np.ndarray]:
+        return self._state
+
+    async def profile(self, model: ModelInfo, batch_size: int) -> HostTimings:
+        """A batch's think time spread over the blocks, split as the sleeps are."""
+        blocks = len(self.fleet.cut_shapes)
+        return HostTimings(
+            (FORWARD_SHARE * self.fleet.think_s / blocks,) * blocks,
+            ((1 - FORWARD_SHARE) * self.fleet.think_s / blocks,) * blocks,
+        )
 
     def _think(self) -> float:
         spread = self.fleet.jitter * self.fleet.think_s
         return self.fleet.think_s + self.random.uniform(-spread, spread)
 
-    async def _exchange(self, start: RoundStart, seq: int, due: float) -> Frame | None:
-        """Publish the batch, wait for its gradient, re-send when late; None: gave up."""
-        shape = self.fleet.cut_shapes[start.cut - 1]
-        batch = start.train.batch_size
-        act = self.numpy_rng.standard_normal((batch, *shape), dtype=np.float32)
-        labels = self.numpy_rng.integers(0, self.fleet.num_classes, size=batch, dtype=np.int64)
-        act = act.astype(np.dtype(start.train.wire_dtype))
-        meta = ActivationMeta(device_id=self.device_id, round=start.round, seq=seq)
-        payload = encode_frame(to_meta(meta), {"act": act, "labels": labels})
-        key = (start.round, seq)
-        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        topic = self.topics.device(self.device_id, DeviceChannel.ACT)
-        try:
-            for attempt in range(GRAD_RETRIES + 1):
-                if attempt:
-                    self.tally.resends += 1
-                await self._publish(topic, payload)
-                try:
-                    async with asyncio.timeout(start.train.batch_timeout_s):
-                        reply = await asyncio.shield(future)
-                except TimeoutError:
-                    continue
-                grad = reply.tensors.get("grad")
-                if grad is None or grad.shape != act.shape:
-                    raise RuntimeError(f"{self.device_id}: gradient of the wrong shape")
-                self.tally.batches += 1
-                self.tally.grad_at.append(time.monotonic())
-                self.tally.rtt_s.append(time.monotonic() - due)
-                self.tally.server_s.append(parse_meta(GradientMeta, reply.meta).server_s)
-                return reply
-            self.tally.failed_batches += 1
-            return None
-        finally:
-            self._pending.pop(key, None)
 
-    # --- outbound -------------------------------------------------------------------------------
-
-    async def _hello(self) -> None:
-        self.tally.hellos += 1
-        hello = Hello(
-            device_id=self.device_id, instance=self.instance, agent_version="light-0",
-            samples=self.fleet.samples, dataset=self.fleet.dataset,
-            input_shape=self.fleet.input_shape,
-            num_classes=self.fleet.num_classes, profile="light",
-        )  # fmt: skip
-        await self._publish(self.topics.device(self.device_id, DeviceChannel.HELLO), to_json(hello))
-
-    async def _telemetry(
-        self, *, profile: Welcome | None = None, round_no: int | None = None, batches: int = 0
-    ) -> None:
-        compute = None
-        if profile is not None:
-            # A batch's think time spread over the blocks: 40% forward, 60% backward.
-            blocks = len(self.fleet.cut_shapes)
-            compute = ComputeProfile(
-                model=profile.model.name, batch_size=profile.batch_size,
-                forward_s=(0.4 * self.fleet.think_s / blocks,) * blocks,
-                backward_s=(0.6 * self.fleet.think_s / blocks,) * blocks,
-            )  # fmt: skip
-        telemetry = Telemetry(
-            device_id=self.device_id, round=round_no, batches=batches,
-            busy_s=batches * self.fleet.think_s, compute=compute,
-        )  # fmt: skip
-        topic = self.topics.device(self.device_id, DeviceChannel.TELEMETRY)
-        await self._publish(topic, to_json(telemetry))
-
-    async def _telemetry_loop(self) -> None:
-        # As the agent: the first after one interval (registered by then); spread over a second
-        # interval, since a fleet started at once must not report in lockstep.
-        interval = self.fleet.telemetry_interval_s
-        await asyncio.sleep(interval + self.random.uniform(0, interval))
-        while True:
-            if self._link is not None and self._link.is_connected:
-                with contextlib.suppress(LinkError):
-                    await self._telemetry()
-            await asyncio.sleep(interval)
-
-    async def _status(
-        self, state: DeviceState, round_no: int | None = None, *, nonce: str | None = None
-    ) -> None:
-        status = DeviceStatus(device_id=self.device_id, state=state, round=round_no, nonce=nonce)
-        topic = self.topics.device(self.device_id, DeviceChannel.STATUS)
-        await self._publish(topic, to_json(status), retain=True)
-
-    async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        assert self._link is not None
-        await self._link.publish(topic, payload, qos=1, retain=retain)
+def light_device(
+    device_id: str, mqtt: MqttSettings, fleet: FleetConfig, tally: Tally, seed: int
+) -> DeviceSession[ThinkingTrainer]:
+    """One light device: the agent's session, its own MQTT connection, a thinking trainer."""
+    settings = DeviceSettings(
+        device_id=device_id, mqtt=mqtt, dataset=fleet.dataset, profile="light",
+        telemetry_interval_s=fleet.telemetry_interval_s, profile_cache=False,
+        exit_on_finish=True,
+    )  # fmt: skip
+    rng = random.Random(seed)
+    session = DeviceSession(
+        settings,
+        ThinkingTrainer(fleet, tally, rng),
+        environment=host_environment(),
+        events=TallyEvents(tally),
+    )
+    # A fleet started at once must not report in lockstep: the first periodic telemetry is
+    # spread over a second interval.
+    interval = fleet.telemetry_interval_s
+    session.first_telemetry_s = interval + rng.uniform(0, interval)
+    return session
 
 
 async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
@@ -418,7 +262,7 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
     mqtt = MqttSettings(url=args.broker, connect_timeout_s=30.0)
     tally = Tally()
     devices = [
-        LightDevice(f"dev-{i:04d}", mqtt, fleet, tally, seed=args.seed * 100_003 + i)
+        light_device(f"dev-{i:04d}", mqtt, fleet, tally, seed=args.seed * 100_003 + i)
         for i in range(args.first, args.first + args.count)
     ]
     cpu_before = time.process_time()
