@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from device_agent import DeviceAgent, DeviceSettings
-from device_agent.session import RoundTally
 from device_agent.drift import DeviceTimings
+from device_agent.session import RoundTally
 from schemas import ComputeProfile, ModelInfo, RoundStart, TrainConfig
 from splitnn.profiling import cumulative
 

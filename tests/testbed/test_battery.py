@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from device_agent.sensors import BatteryReading
+from device_agent.ports import BatteryReading
 from testbed.battery import EmulatedBattery
 
 
