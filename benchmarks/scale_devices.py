@@ -211,7 +211,9 @@ class ThinkingTrainer:
     async def state(self) -> dict[str, np.ndarray]:
         return self._state
 
-    async def profile(self, model: ModelInfo, batch_size: int) -> HostTimings:
+    async def profile(
+        self, model: ModelInfo, batch_size: int, *, urgent: bool = False
+    ) -> HostTimings:
         """A batch's think time spread over the blocks, split as the sleeps are."""
         blocks = len(self.fleet.cut_shapes)
         return HostTimings(

@@ -141,8 +141,11 @@ class Trainer(Protocol):
         """The device part's weights, to upload at the round's end."""
         ...
 
-    async def profile(self, model: ModelInfo, batch_size: int) -> HostTimings:
-        """This host's per-block times of ``model`` at ``batch_size``."""
+    async def profile(
+        self, model: ModelInfo, batch_size: int, *, urgent: bool = False
+    ) -> HostTimings:
+        """This host's per-block times of ``model`` at ``batch_size``. ``urgent``: the edge is
+        waiting for them (registration), so known ones may be answered beside other compute."""
         ...
 
 
@@ -548,7 +551,7 @@ class DeviceSession(Generic[TrainerT]):
         """Measure every block's forward and backward time here, and tell the edge."""
         known = self._profiled
         if known is None or (known.host.model, known.host.batch_size) != (model.name, batch_size):
-            measured = await self.trainer.profile(model, batch_size)
+            measured = await self.trainer.profile(model, batch_size, urgent=True)
             board = self.environment.board
             await self._calibrate(model.name)
             host = ComputeProfile(

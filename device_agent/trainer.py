@@ -151,11 +151,17 @@ class TorchTrainer:
     async def state(self) -> dict[str, np.ndarray]:
         return await self.run(self.device_trainer.state)
 
-    async def profile(self, model: ModelInfo, batch_size: int) -> HostTimings:
-        """From the profile cache, else measured in the compute thread (and cached)."""
+    async def profile(
+        self, model: ModelInfo, batch_size: int, *, urgent: bool = False
+    ) -> HostTimings:
+        """From the profile cache, else measured (and cached), in the compute thread; urgent,
+        the cache is read beside it, which may still be warming up. (Only then: torch work in
+        another thread costs threads of its own, which compete with the compute thread's.)"""
         spec = ModelSpec(model.name, model.in_channels, model.image_size, model.num_classes)
-        # A cached profile is read beside the compute thread, which may still be warming up.
-        cached = await asyncio.to_thread(self._cached_timings, spec, batch_size)
+        if urgent:
+            cached = await asyncio.to_thread(self._cached_timings, spec, batch_size)
+        else:
+            cached = await self.run(self._cached_timings, spec, batch_size)
         if cached is not None:
             return cached
         return await self.run(self._measure_timings, spec, batch_size)
