@@ -113,6 +113,6 @@ async def test_ares_moves_the_cut_of_the_device_whose_link_dropped(tmp_path):
     dropped = drop_round[0]
     # The first boundary after the drop moves the cut up: less crosses the slow link.
     assert splits[dropped + 1] > splits[dropped]
-    by_round = {p["round"]: p["devices"]["pi-b"]["split"] for p in plans}
+    by_round = {p["round"]: p["devices"]["pi-b"]["cut"] for p in plans}
     assert by_round[dropped] == splits[dropped]
     assert by_round[dropped + 1] == splits[dropped + 1]
