@@ -170,13 +170,12 @@ class Run:
     def _fleet_command(self, url: str, first: int) -> list[str]:
         c = self.config
         spec = _spec(c)
-        channels, size, _ = load_dataset(c.dataset, "test").input_shape
         count = min(c.per_process, self.devices - first)
         return [
             sys.executable, str(HERE / "scale_devices.py"), "--broker", url,
             "--first", str(first), "--count", str(count),
             "--think-s", str(c.think_s), "--jitter", str(c.jitter), "--dataset", c.dataset,
-            "--input-shape", json.dumps([channels, size, size]),
+            "--input-shape", json.dumps(list(spec.input_shape)),
             "--classes", str(spec.num_classes),
             "--cut-shapes", json.dumps(cut_shapes(spec)),
             "--samples", str(c.batches * c.batch_size),
@@ -293,8 +292,7 @@ def _merge_counts(counts: Any) -> dict[str, int]:
 
 def _spec(config: Config) -> ModelSpec:
     data = load_dataset(config.dataset, "test")
-    channels, size, _ = data.input_shape
-    return ModelSpec(config.model, channels, size, data.num_classes)
+    return ModelSpec(config.model, data.input_shape, data.num_classes)
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:

@@ -55,7 +55,7 @@ def model_spec(model: str, dataset: str) -> ModelSpec:
     if dataset not in DATASET_INPUTS:
         raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASET_NAMES)}")
     channels, side, classes = DATASET_INPUTS[dataset]
-    return ModelSpec(model, channels, side, classes)
+    return ModelSpec(model, (channels, side, side), classes)
 
 
 def frame_sizes(spec: ModelSpec, batch_size: int) -> FrameSizes:

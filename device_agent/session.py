@@ -148,6 +148,11 @@ class Trainer(Protocol):
         waiting for them (registration), so known ones may be answered beside other compute."""
         ...
 
+    async def check_model(self, model: ModelInfo) -> str | None:
+        """None if this device builds the edge's ``model`` as the edge does (same architecture
+        fingerprint); else why not, in one line."""
+        ...
+
 
 class SessionEvents:
     """What a session went through, for an observer (the scale benchmark counts it); by default
@@ -212,6 +217,8 @@ class DeviceSession(Generic[TrainerT]):
         # The protocol version the edge speaks: we answer in it (an older edge refuses newer).
         self.edge_protocol: ProtocolVersion = PROTOCOL_VERSION
         self.rounds_done = 0
+        # Why this device refused the edge's session (it has another model); None: it takes part.
+        self.refused: str | None = None
         self.finished = asyncio.Event()
         self._link: Link | None = None
         self._training: asyncio.Task[None] | None = None
@@ -344,7 +351,7 @@ class DeviceSession(Generic[TrainerT]):
         if isinstance(message, Welcome):
             log.info("%s: registered with edge session %s", self.device_id, message.session)
             self.edge_session, self.edge_protocol = message.session, message.v
-            self._background.spawn(self._report_profile(message.model, message.batch_size))
+            self._background.spawn(self._join(message))
         elif isinstance(message, Ping):
             state, round_no = self._state()
             self._background.spawn(self._publish_status(state, round_no, nonce=message.nonce))
@@ -547,6 +554,17 @@ class DeviceSession(Generic[TrainerT]):
             raise RoundFailed("the edge sent a non-finite gradient")
         return grad
 
+    async def _join(self, welcome: Welcome) -> None:
+        """Take part in the edge's session if this device has its model; else refuse, saying
+        why on both sides (the edge leaves a refused device out of its plans)."""
+        self.refused = await self.trainer.check_model(welcome.model)
+        if self.refused is not None:
+            log.error("%s: refused edge session %s: %s", self.device_id, welcome.session,
+                      self.refused)  # fmt: skip
+            await self._publish_status("refused")
+            return
+        await self._report_profile(welcome.model, welcome.batch_size)
+
     async def _report_profile(self, model: ModelInfo, batch_size: int) -> None:
         """Measure every block's forward and backward time here, and tell the edge."""
         known = self._profiled
@@ -674,6 +692,8 @@ class DeviceSession(Generic[TrainerT]):
             self._background.spawn(self._send_hello())
 
     def _state(self) -> tuple[DeviceState, int | None]:
+        if self.refused is not None:
+            return "refused", None
         if self._training is not None and not self._training.done():
             return "training", self._training_round
         return ("idle" if self.rounds_done else "online"), None
@@ -723,7 +743,10 @@ class DeviceSession(Generic[TrainerT]):
     async def _publish_status(
         self, state: DeviceState, round_no: int | None = None, *, nonce: str | None = None
     ) -> None:
-        status = DeviceStatus(device_id=self.device_id, state=state, round=round_no, nonce=nonce)
+        detail = self.refused if state == "refused" else None
+        status = DeviceStatus(
+            device_id=self.device_id, state=state, round=round_no, nonce=nonce, detail=detail
+        )
         topic = self.topics.device(self.device_id, DeviceChannel.STATUS)
         try:
             await self._publish(topic, to_json(status, self.edge_protocol), retain=True)

@@ -22,6 +22,7 @@ from device_agent.profile_cache import ProfileCache, host_facts
 from device_agent.settings import DeviceSettings
 from schemas import ModelInfo, RoundStart
 from splitnn.data import ArrayDataset, BatchStream
+from splitnn.errors import SplitError
 from splitnn.models import ModelSpec, architecture_fingerprint, num_blocks
 from splitnn.partition import build_part, load_part_state
 from splitnn.profiling import profile_blocks
@@ -47,7 +48,7 @@ class DeviceTrainer:
     def start_round(self, start: RoundStart, state: Mapping[str, np.ndarray]) -> None:
         """Build the device part for this round's cut from the edge's weights."""
         info = start.model
-        spec = ModelSpec(info.name, info.in_channels, info.image_size, info.num_classes)
+        spec = ModelSpec.of(info)
         bad = [k for k, a in state.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
         if bad:
             raise ValueError(f"the edge sent non-finite weights for {', '.join(bad[:3])}")
@@ -106,6 +107,21 @@ class DeviceTrainer:
         return torch.from_numpy(self.data.x[index]), torch.from_numpy(self.data.y[index])
 
 
+def model_problem(model: ModelInfo) -> str | None:
+    """Why this device cannot train the edge's ``model`` (it cannot build it, or builds another
+    architecture), in one line; None if it can."""
+    try:
+        here = architecture_fingerprint(ModelSpec.of(model))
+    except SplitError as exc:
+        return f"cannot build the edge's model: {exc}"
+    if model.fingerprint is not None and here != model.fingerprint:
+        return (
+            f"model {model.name} is architecture {here} here but {model.fingerprint} on the "
+            "edge: install the same model code on the edge and on this device"
+        )
+    return None
+
+
 class TorchTrainer:
     """The session's :class:`~device_agent.session.Trainer` over a :class:`DeviceTrainer`: its
     torch work in one compute thread, and block timings measured here (kept in the profile
@@ -157,7 +173,7 @@ class TorchTrainer:
         """From the profile cache, else measured (and cached), in the compute thread; urgent,
         the cache is read beside it, which may still be warming up. (Only then: torch work in
         another thread costs threads of its own, which compete with the compute thread's.)"""
-        spec = ModelSpec(model.name, model.in_channels, model.image_size, model.num_classes)
+        spec = ModelSpec.of(model)
         if urgent:
             cached = await asyncio.to_thread(self._cached_timings, spec, batch_size)
         else:
@@ -165,6 +181,10 @@ class TorchTrainer:
         if cached is not None:
             return cached
         return await self.run(self._measure_timings, spec, batch_size)
+
+    async def check_model(self, model: ModelInfo) -> str | None:
+        # In the compute thread: building a model beside it costs torch threads of its own.
+        return await self.run(model_problem, model)
 
     async def warm_up(self) -> None:
         """torch's one-time costs (seconds of lazy imports), in the compute thread."""

@@ -159,7 +159,7 @@ class Inbox:
     def _on_hello(self, device_id: str, hello: Hello) -> None:
         _check_sender(device_id, hello.device_id)
         model = self.model
-        expected = (model.in_channels, model.image_size, model.image_size)
+        expected = model.input_shape
         if hello.input_shape != expected or hello.num_classes != model.num_classes:
             raise Rejected(
                 "incompatible",
@@ -187,6 +187,10 @@ class Inbox:
         runner = self.rounds.current
         if status.state == "offline":
             self.liveness.suspect(device_id)
+        elif status.state == "refused":
+            if record.state != "refused":
+                log.error("device %s refused this session: %s", device_id, status.detail)
+            self.devices.refuse(device_id)
         elif status.state == "aborted":
             if runner is not None and status.round == runner.round_no:
                 runner.drop(device_id, "the device gave up the round", "aborted")

@@ -114,8 +114,8 @@ def _traffic(counters: Mapping[str, int]) -> Iterator[Any]:
 
 
 def _devices(view: EdgeView) -> Iterator[Any]:
-    online = sum(1 for d in view.devices.values() if d.state != "offline")
-    yield _gauge("ares_devices_online", "Registered devices not offline", online)
+    online = sum(1 for d in view.devices.values() if d.state not in ("offline", "refused"))
+    yield _gauge("ares_devices_online", "Registered devices not offline nor refused", online)
     split = GaugeMetricFamily("ares_device_split", "Current cut per device", labels=["device"])
     up = GaugeMetricFamily(
         "ares_device_uplink_bps", "Latest uplink estimate per device", labels=["device"]

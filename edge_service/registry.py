@@ -39,7 +39,7 @@ class LinkEstimate:
 @dataclass
 class DeviceRecord:
     hello: Hello
-    state: str  # online, idle, training or offline
+    state: str  # online, idle, training, offline or refused
     last_seen: float
     telemetry: Telemetry | None = None
     telemetry_at: float = 0.0  # time.monotonic() of the last telemetry
@@ -49,7 +49,8 @@ class DeviceRecord:
 
     @property
     def online(self) -> bool:
-        return self.state != "offline"
+        """Connected and taking part (a refused device is connected but has another model)."""
+        return self.state not in ("offline", "refused")
 
     @property
     def protocol(self) -> ProtocolVersion:
@@ -119,6 +120,13 @@ class DeviceRegistry(Mapping[str, DeviceRecord]):
         record.state = "offline"
         self.changed.set()
         return True
+
+    def refuse(self, device_id: str) -> None:
+        """The device refused the session (it has another model): left out of every plan."""
+        record = self._records.get(device_id)
+        if record is not None and record.state != "refused":
+            record.state = "refused"
+            self.changed.set()
 
     # --- reading --------------------------------------------------------------------------------
 

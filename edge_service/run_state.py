@@ -30,7 +30,7 @@ from edge_service.report import RunReport
 from edge_service.settings import EdgeSettings
 from schemas import ModelInfo
 from splitnn.data import ArrayDataset, load_dataset
-from splitnn.models import ModelSpec, build_model, num_blocks
+from splitnn.models import ModelSpec, architecture_fingerprint, build_model, num_blocks
 from splitnn.partition import validate_cut
 from splitnn.profiling import BlockProfile, profile_blocks
 from splitnn.tensors import warm_up_torch
@@ -72,8 +72,7 @@ class RunState:
         test_data = load_dataset(
             settings.dataset, "test", data_dir=settings.data_dir, seed=settings.seed
         )
-        channels, size, _ = test_data.input_shape
-        spec = ModelSpec(settings.model, channels, size, test_data.num_classes)
+        spec = ModelSpec(settings.model, test_data.input_shape, test_data.num_classes)
         torch.manual_seed(settings.seed)
         model = build_model(spec)
         default_cut = settings.split or max(1, num_blocks(spec) // 2)
@@ -122,9 +121,9 @@ class RunState:
         """Enough for a device to build the architecture."""
         return ModelInfo(
             name=self.spec.name,
-            in_channels=self.spec.in_channels,
-            image_size=self.spec.image_size,
+            input_shape=self.spec.input_shape,
             num_classes=self.spec.num_classes,
+            fingerprint=architecture_fingerprint(self.spec),
         )
 
     def evaluate(self) -> Evaluation:

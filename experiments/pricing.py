@@ -126,8 +126,7 @@ def scenario_plan_inputs(
     from testbed.emulation import Emulation
 
     train = load_dataset(scenario.dataset, "train", data_dir=scenario.data_dir, seed=seed)
-    channels, size, _ = train.input_shape
-    spec = ModelSpec(scenario.model, channels, size, train.num_classes)
+    spec = ModelSpec(scenario.model, train.input_shape, train.num_classes)
     torch.set_num_threads(1)
     host = profile_blocks(spec, scenario.batch_size)
     samples = samples_per_round(scenario, seed=seed, batches_per_round=batches_per_round)

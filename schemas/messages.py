@@ -41,7 +41,7 @@ def wire_itemsize(dtype: WireDtype) -> int:
 
 EdgeState = Literal["starting", "waiting", "training", "evaluating", "finished", "stopped"]
 # "aborted": the device gave up the round named in the status (the edge need not wait for it).
-DeviceState = Literal["online", "idle", "training", "aborted", "offline"]
+DeviceState = Literal["online", "idle", "training", "aborted", "offline", "refused"]
 
 
 class SchemaError(AresError, ValueError):
@@ -114,6 +114,8 @@ class DeviceStatus(WireModel):
     round: RoundNo | None = None
     # The edge's liveness ping this status answers (Ping.nonce), if it answers one.
     nonce: str | None = None
+    # Why, for ``refused``: the device cannot take part in the edge's session (another model).
+    detail: str | None = None
 
 
 class Telemetry(WireModel):
@@ -193,12 +195,14 @@ class PlanMessage(WireModel):
 
 
 class ModelInfo(WireModel):
-    """Enough to rebuild the model architecture on the device."""
+    """Enough to rebuild the model architecture on the device, and to check it is the same."""
 
-    name: str
-    in_channels: Annotated[int, Field(ge=1)]
-    image_size: Annotated[int, Field(ge=1)]
+    name: str  # a registered model or "package.module:callable" (splitnn.model_registry)
+    input_shape: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)]
     num_classes: Annotated[int, Field(ge=2)]
+    # The architecture's fingerprint (splitnn.models.fingerprint_module): a device whose own
+    # build of ``name`` differs refuses the session. None from a version-1 edge.
+    fingerprint: str | None = None
 
 
 class TrainConfig(WireModel):
@@ -365,6 +369,8 @@ def parse_ctrl(data: object) -> Welcome | RoundStart | RoundClose | RoundAbort |
 
 # Version 1 named the cut "split" in these messages (in the plan: in each device's entry).
 _V1_SPLIT_KINDS = ("round_start", "weights")
+# ... and described the model by in_channels and image_size (square images) in these.
+_MODEL_KINDS = ("welcome", "round_start")
 
 
 def _upgraded(data: object) -> object:
@@ -377,6 +383,12 @@ def _upgraded(data: object) -> object:
     if version != 1:
         return data
     data = _renamed(data, "split", "cut") if data.get("kind") in _V1_SPLIT_KINDS else data
+    model = data.get("model")
+    if data.get("kind") in _MODEL_KINDS and isinstance(model, dict) and "image_size" in model:
+        # Version 1 knew square images only: C channels of image_size x image_size.
+        side, channels = model["image_size"], model.get("in_channels")
+        rest = {k: v for k, v in model.items() if k not in ("in_channels", "image_size")}
+        data = {**data, "model": {**rest, "input_shape": [channels, side, side]}}
     devices = data.get("devices")
     if data.get("kind") == "plan" and isinstance(devices, dict):
         data = {**data, "devices": {d: _renamed(e, "split", "cut") for d, e in devices.items()}}
@@ -385,6 +397,13 @@ def _upgraded(data: object) -> object:
 
 def _as_v1(data: dict[str, Any]) -> dict[str, Any]:
     data = {**data, "v": 1}
+    model = data.get("model")
+    if data.get("kind") in _MODEL_KINDS and isinstance(model, dict):
+        shape = model["input_shape"]
+        if len(shape) == 3 and shape[1] == shape[2]:  # else no v1 peer can build it anyway
+            rest = {k: v for k, v in model.items() if k not in ("input_shape", "fingerprint")}
+            image = {"in_channels": shape[0], "image_size": shape[1]}
+            data = {**data, "model": {**rest, **image}}
     if data.get("kind") in _V1_SPLIT_KINDS:
         renamed: dict[str, Any] = _renamed(data, "cut", "split")
         return renamed

@@ -11,8 +11,8 @@ from splitnn.data import (
 )
 from splitnn.errors import SplitError
 from splitnn.fedavg import fedavg
+from splitnn.model_registry import model_names, register_model
 from splitnn.models import (
-    MODEL_NAMES,
     ModelSpec,
     build_blocks,
     build_model,
@@ -34,7 +34,6 @@ from splitnn.profiling import BlockProfile, cumulative, profile_blocks, scale_pr
 
 __all__ = [
     "DATASET_NAMES",
-    "MODEL_NAMES",
     "ArrayDataset",
     "BatchStream",
     "BlockProfile",
@@ -52,9 +51,11 @@ __all__ = [
     "load_dataset",
     "load_part_state",
     "merge_states",
+    "model_names",
     "num_blocks",
     "partition_indices",
     "profile_blocks",
+    "register_model",
     "scale_profile",
     "server_blocks",
     "shard",

@@ -1,122 +1,84 @@
-"""The models, each a chain of blocks; a cut can only fall between two blocks.
+"""Model specs, and what follows from one: the blocks, their output shapes, the fingerprint.
 
 Block ``i`` of a model is child ``str(i)`` of the ``nn.Sequential`` that ``build_model`` returns,
 so every state-dict key starts with its block index (``"5.1.weight"``); partitioning relies on it.
+Which models exist is the registry's business (:mod:`splitnn.model_registry`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from splitnn.errors import SplitError
-
-MODEL_NAMES = ("vgg5", "small_cnn", "tiny")
+from splitnn.model_registry import model_entry
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """What both sides of a split must agree on to build the same model."""
 
-    name: str
-    in_channels: int
-    image_size: int  # images are square: image_size x image_size
+    name: str  # a registered model, or "package.module:callable"
+    input_shape: tuple[int, ...]  # one sample: (C, H, W) for images, (C, T) for series
     num_classes: int
 
     def __post_init__(self) -> None:
-        if self.name not in MODEL_NAMES:
-            raise SplitError(f"unknown model {self.name!r}; known models: {', '.join(MODEL_NAMES)}")
-        for field in ("in_channels", "image_size", "num_classes"):
-            value = getattr(self, field)
-            # bool is an int subclass; a spec decoded from JSON must not smuggle one in.
-            if type(value) is not int or value < 1:
-                raise SplitError(f"ModelSpec.{field} must be a positive int, got {value!r}")
+        shape = self.input_shape
+        # bool is an int subclass; a spec decoded from JSON must not smuggle one in.
+        if (
+            not isinstance(shape, tuple)
+            or not shape
+            or any(type(n) is not int or n < 1 for n in shape)
+        ):
+            raise SplitError(f"ModelSpec.input_shape must be positive ints, got {shape!r}")
+        if type(self.num_classes) is not int or self.num_classes < 2:
+            raise SplitError(f"ModelSpec.num_classes must be an int >= 2, got {self.num_classes!r}")
+        model_entry(self.name)  # unknown names fail here, with the known ones listed
+
+    @property
+    def in_channels(self) -> int:
+        return self.input_shape[0]
+
+    @classmethod
+    def of(cls, info: Any) -> ModelSpec:
+        """The spec a wire ``ModelInfo`` (or anything with its three fields) describes."""
+        return cls(info.name, tuple(info.input_shape), info.num_classes)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict, the inverse of ``from_dict``."""
-        return asdict(self)
+        return {
+            "name": self.name,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
-        """Rebuild a spec from ``to_dict`` output; extra or missing keys are a SplitError."""
-        expected = {f.name for f in fields(cls)}
-        if not isinstance(data, Mapping) or set(data) != expected:
-            got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
-            raise SplitError(f"model spec needs exactly the keys {sorted(expected)}, got {got}")
-        return cls(**data)
-
-
-def _conv(in_channels: int, out_channels: int, *, batch_norm: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(out_channels))
-    layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def _dense(in_features: int, out_features: int) -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, out_features), nn.ReLU())
-
-
-def _require_divisible(spec: ModelSpec, factor: int) -> int:
-    """The side length after ``factor``-fold pooling; pooling must not drop pixels."""
-    if spec.image_size % factor:
-        raise SplitError(
-            f"{spec.name} pools the image by {factor}, so image_size must be a multiple "
-            f"of {factor}, got {spec.image_size}"
-        )
-    return spec.image_size // factor
-
-
-def _vgg5(spec: ModelSpec) -> list[nn.Module]:
-    side = _require_divisible(spec, 4)
-    return [
-        _conv(spec.in_channels, 32, batch_norm=True),
-        nn.MaxPool2d(2),
-        _conv(32, 64, batch_norm=True),
-        nn.MaxPool2d(2),
-        _conv(64, 64, batch_norm=True),
-        _dense(64 * side * side, 128),
-        nn.Linear(128, spec.num_classes),
-    ]
-
-
-def _small_cnn(spec: ModelSpec) -> list[nn.Module]:
-    side = _require_divisible(spec, 2)
-    return [
-        _conv(spec.in_channels, 16, batch_norm=False),
-        _conv(16, 32, batch_norm=False),
-        nn.MaxPool2d(2),
-        _dense(32 * side * side, 64),
-        nn.Linear(64, spec.num_classes),
-    ]
-
-
-def _tiny(spec: ModelSpec) -> list[nn.Module]:
-    """A multilayer perceptron for load tests: many devices, little compute, small frames."""
-    return [
-        _dense(spec.in_channels * spec.image_size * spec.image_size, 32),
-        nn.Sequential(nn.Linear(32, 32), nn.ReLU()),
-        nn.Linear(32, spec.num_classes),
-    ]
-
-
-_BUILDERS: Mapping[str, Callable[[ModelSpec], list[nn.Module]]] = {
-    "vgg5": _vgg5,
-    "small_cnn": _small_cnn,
-    "tiny": _tiny,
-}
+        """Rebuild a spec from ``to_dict`` output (or the older square-image form with
+        ``in_channels`` and ``image_size``); extra or missing keys are a SplitError."""
+        if not isinstance(data, Mapping):
+            raise SplitError(f"model spec must be a mapping, got {type(data).__name__}")
+        if set(data) == {"name", "in_channels", "image_size", "num_classes"}:
+            side = data["image_size"]
+            data = {**data, "input_shape": [data["in_channels"], side, side]}
+            data = {k: v for k, v in data.items() if k not in ("in_channels", "image_size")}
+        expected = {"name", "input_shape", "num_classes"}
+        if set(data) != expected or not isinstance(data["input_shape"], list | tuple):
+            raise SplitError(
+                f"model spec needs exactly the keys {sorted(expected)}, got {sorted(data)}"
+            )
+        return cls(data["name"], tuple(data["input_shape"]), data["num_classes"])
 
 
 def build_blocks(spec: ModelSpec) -> list[nn.Module]:
     """Fresh blocks with torch's default init (seed torch first for reproducible weights)."""
-    return _BUILDERS[spec.name](spec)
+    return model_entry(spec.name).blocks(spec)
 
 
 def build_model(spec: ModelSpec) -> nn.Sequential:
@@ -131,11 +93,24 @@ def _probe(spec: ModelSpec) -> tuple[tuple[tuple[int, ...], ...], tuple[str, ...
     # Building draws from torch's global RNG; fork it so probing never shifts the caller's seed.
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         model = build_model(spec).eval()
-        x = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size)
+        x = torch.zeros(1, *spec.input_shape)
         shapes = []
-        for block in model:
-            x = block(x)
+        for index, block in enumerate(model):
+            try:
+                x = block(x)
+            except (RuntimeError, ValueError) as exc:
+                raise SplitError(
+                    f"{spec.name}: block {index} ({type(block).__name__}) fails on the output of "
+                    f"the block before it, shape {tuple(x.shape[1:])}: {exc}"
+                ) from None
+            if not isinstance(x, torch.Tensor):
+                raise SplitError(f"{spec.name}: block {index} must return one tensor")
             shapes.append(tuple(x.shape[1:]))
+        if shapes[-1] != (spec.num_classes,):
+            raise SplitError(
+                f"{spec.name}: the last block must give {spec.num_classes} class scores per "
+                f"sample, got shape {shapes[-1]}"
+            )
         return tuple(shapes), tuple(model.state_dict()), fingerprint_module(model)
 
 

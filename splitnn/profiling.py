@@ -249,7 +249,7 @@ def profile_blocks(
         model.to(dev)
         blocks = list(model)
 
-        x = torch.randn(batch_size, spec.in_channels, spec.image_size, spec.image_size)
+        x = torch.randn(batch_size, *spec.input_shape)
         inputs: list[torch.Tensor] = []
         grads: list[torch.Tensor] = []
         with torch.no_grad():

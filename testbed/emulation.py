@@ -94,9 +94,7 @@ class Emulation:
         timings of them (another model, before :meth:`calibrate`)."""
         if not self.emulates_compute or self._pacer.can_pace(model):
             return None
-        info = ModelInfo(
-            name=self.profile.reference_model, in_channels=3, image_size=32, num_classes=10
-        )
+        info = ModelInfo(name=self.profile.reference_model, input_shape=(3, 32, 32), num_classes=10)
         return info, self.profile.reference_batch
 
     def calibrate(self, reference: HostTimings) -> None:
@@ -110,7 +108,7 @@ class Emulation:
         needed = self.reference(model)
         if needed is not None:
             info, batch = needed
-            spec = ModelSpec(info.name, info.in_channels, info.image_size, info.num_classes)
+            spec = ModelSpec.of(info)
             self.calibrate(HostTimings(*measure(spec, batch)))
 
     def _target_s(self, pace: Pace, host_s: float) -> float | None:

@@ -80,7 +80,7 @@ def test_the_agent_plans_its_next_round_with_the_drift_it_measured() -> None:
     agent._timings = BOARD
     start = RoundStart(
         session="s", round=3, cut=2, deadline_s=60.0,
-        model=ModelInfo(name="vgg5", in_channels=3, image_size=32, num_classes=10),
+        model=ModelInfo(name="vgg5", input_shape=(3, 32, 32), num_classes=10),
         train=TrainConfig(batch_size=10, batches=5, lr=0.01, batch_timeout_s=5.0),
     )  # fmt: skip
     # Five batches at cut 2: the host took twice its profile's 10.5 s, beyond the board's 15 s.

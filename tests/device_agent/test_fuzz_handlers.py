@@ -72,7 +72,7 @@ from tests.fuzzing import settle as settle_background
 from transport import Message
 
 DEVICE = "dev-0"
-MODEL = ModelInfo(name="small_cnn", in_channels=1, image_size=8, num_classes=10)
+MODEL = ModelInfo(name="small_cnn", input_shape=(1, 8, 8), num_classes=10)
 ALLOWED = (SchemaError, CodecError)  # what the agent's dispatcher catches
 
 # Exceptions known to escape ``_handle`` and not fixed yet: tallied instead of failing every fuzz
@@ -462,7 +462,7 @@ async def test_hostile_tensor_headers(device, where, tensors, extra):
 
 
 def device_state(split: int) -> dict[str, np.ndarray]:
-    spec = ModelSpec(MODEL.name, MODEL.in_channels, MODEL.image_size, MODEL.num_classes)
+    spec = ModelSpec.of(MODEL)
     state = build_model(spec).state_dict()
     return state_to_arrays(split_state(state, spec, split)[0])
 

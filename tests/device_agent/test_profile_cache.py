@@ -79,12 +79,14 @@ def test_a_cache_under_a_file_is_skipped(tmp_path, caplog):
 
 
 def test_the_fingerprint_follows_the_architecture_not_the_weights():
-    spec = ModelSpec("small_cnn", 1, 8, 10)
+    spec = ModelSpec("small_cnn", (1, 8, 8), 10)
     assert architecture_fingerprint(spec) == architecture_fingerprint(spec)
     assert architecture_fingerprint(spec) != architecture_fingerprint(
-        ModelSpec("small_cnn", 1, 8, 7)
+        ModelSpec("small_cnn", (1, 8, 8), 7)
     )
-    assert architecture_fingerprint(spec) != architecture_fingerprint(ModelSpec("tiny", 1, 8, 10))
+    assert architecture_fingerprint(spec) != architecture_fingerprint(
+        ModelSpec("tiny", (1, 8, 8), 10)
+    )
     model = build_model(spec)
     before = fingerprint_module(model)
     with torch.no_grad():

@@ -72,7 +72,9 @@ def make_report() -> dict:
 
 def make_checkpoint(round_no: int = 3, **changes) -> Checkpoint:
     torch.manual_seed(round_no)
-    state = build_model(ModelSpec("vgg5", 3, 32, 10)).state_dict()  # BatchNorm: int64 0-dim too
+    state = build_model(
+        ModelSpec("vgg5", (3, 32, 32), 10)
+    ).state_dict()  # BatchNorm: int64 0-dim too
     fields: dict[str, Any] = {
         "session": "abc123",
         "round": round_no,
@@ -129,7 +131,7 @@ def test_round_trip_is_exact(tmp_path):
     # Only the slice was stored, not the 64x64 storage it views.
     assert loaded.global_state["odd.slice"].untyped_storage().nbytes() == 2 * 4 * 4
     # The loaded model works.
-    model = build_model(ModelSpec("vgg5", 3, 32, 10))
+    model = build_model(ModelSpec("vgg5", (3, 32, 32), 10))
     model.load_state_dict({k: v for k, v in loaded.global_state.items() if not k.startswith("odd")})
     assert sorted(os.listdir(tmp_path)) == ["edge.ckpt"]
 

@@ -14,7 +14,7 @@ from splitnn.models import ModelSpec, build_model, cut_shapes
 from splitnn.partition import merge_states, split_state
 from splitnn.tensors import arrays_to_state, state_to_arrays
 
-SPEC = ModelSpec("vgg5", 3, 32, 10)
+SPEC = ModelSpec("vgg5", (3, 32, 32), 10)
 TRAIN = TrainConfig(lr=0.05, momentum=0.9, batch_size=16, batches=3, batch_timeout_s=5)
 
 
@@ -27,7 +27,7 @@ def train_round(state: dict[str, torch.Tensor], cut: int, round_no: int) -> dict
         session="s",
         round=round_no,
         cut=cut,
-        model=ModelInfo(name="vgg5", in_channels=3, image_size=32, num_classes=10),
+        model=ModelInfo(name="vgg5", input_shape=(3, 32, 32), num_classes=10),
         train=TRAIN,
         deadline_s=60,
     )

@@ -65,7 +65,7 @@ def test_ctrl_messages_are_discriminated_by_kind():
         session="s",
         round=1,
         cut=2,
-        model=ModelInfo(name="small_cnn", in_channels=1, image_size=8, num_classes=10),
+        model=ModelInfo(name="small_cnn", input_shape=(1, 8, 8), num_classes=10),
         train=TrainConfig(lr=0.1, batch_size=4, batches=3, batch_timeout_s=5),
         deadline_s=60,
     )
@@ -112,7 +112,7 @@ def _round_start(**changes: object) -> RoundStart:
         session="s",
         round=1,
         cut=2,
-        model=ModelInfo(name="small_cnn", in_channels=1, image_size=8, num_classes=10),
+        model=ModelInfo(name="small_cnn", input_shape=(1, 8, 8), num_classes=10),
         train=TrainConfig(lr=0.1, batch_size=4, batches=3, batch_timeout_s=5),
         deadline_s=60,
     )

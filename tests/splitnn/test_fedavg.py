@@ -6,7 +6,7 @@ from torch import Tensor
 
 from splitnn import ModelSpec, SplitError, build_model, fedavg, merge_states, split_state
 
-VGG5 = ModelSpec("vgg5", in_channels=3, image_size=32, num_classes=10)
+VGG5 = ModelSpec("vgg5", (3, 32, 32), 10)
 
 
 def _states(count: int) -> list[dict[str, Tensor]]:

@@ -19,8 +19,8 @@ from splitnn import (
     validate_cut,
 )
 
-VGG5 = ModelSpec("vgg5", in_channels=3, image_size=32, num_classes=10)
-SMALL = ModelSpec("small_cnn", in_channels=1, image_size=8, num_classes=10)
+VGG5 = ModelSpec("vgg5", (3, 32, 32), 10)
+SMALL = ModelSpec("small_cnn", (1, 8, 8), 10)
 ALL_CUTS = [(spec, cut) for spec in (VGG5, SMALL) for cut in range(1, num_blocks(spec) + 1)]
 CUT_IDS = [f"{spec.name}-cut{cut}" for spec, cut in ALL_CUTS]
 
@@ -41,7 +41,7 @@ def _split_model(spec: ModelSpec, cut: int) -> tuple[nn.Sequential, nn.Sequentia
 @pytest.mark.parametrize(("spec", "cut"), ALL_CUTS, ids=CUT_IDS)
 def test_split_training_step_equals_the_unsplit_model(spec: ModelSpec, cut: int) -> None:
     full, device, server = _split_model(spec, cut)
-    x = torch.randn(8, spec.in_channels, spec.image_size, spec.image_size)
+    x = torch.randn(8, *spec.input_shape)
     y = torch.randint(0, spec.num_classes, (8,))
 
     expected_out = full(x)

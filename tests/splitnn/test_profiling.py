@@ -21,8 +21,8 @@ from splitnn import (
 )
 from splitnn.partition import block_index
 
-VGG5 = ModelSpec("vgg5", in_channels=3, image_size=32, num_classes=10)
-SMALL = ModelSpec("small_cnn", in_channels=1, image_size=8, num_classes=10)
+VGG5 = ModelSpec("vgg5", (3, 32, 32), 10)
+SMALL = ModelSpec("small_cnn", (1, 8, 8), 10)
 SPECS = [VGG5, SMALL]
 SPEC_IDS = [spec.name for spec in SPECS]
 

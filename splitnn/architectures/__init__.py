@@ -1,0 +1,6 @@
+"""The built-in architectures; importing this package registers each of them
+(:mod:`splitnn.model_registry`), as a user's module registers its own."""
+
+from splitnn.architectures import classic
+
+__all__ = ["classic"]
