@@ -38,6 +38,7 @@ from schemas.config_file import (
     show_settings,
 )
 from schemas.errors import AresError
+from schemas.partitions import PARTITION_HELP, PartitionError, check_partition
 from testbed.scenario import shipped_scenarios
 
 if TYPE_CHECKING:
@@ -112,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--splits", help="per-device cuts for sl, e.g. dev-0=1,dev-1=3")
     demo.add_argument(
         "--partition",
-        choices=["iid", "label_skew"],
-        help="how the data is split among the devices (default: iid, or the scenario's)",
+        type=partition_arg,
+        metavar="SCHEME",
+        help=f"how the data is split among the devices: {PARTITION_HELP} (default: iid, or "
+        "the scenario's)",
     )
     demo.add_argument(
         "--run-dir", type=Path, help="where logs and the report go (default: a new one in runs/)"
@@ -148,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--dataset", help="digits, cifar10 or synthetic")
     device.add_argument("--data-dir", type=Path, help="directory of a local dataset (cifar10)")
     device.add_argument("--shard", help="which shard of the dataset this device owns: INDEX/COUNT")
-    device.add_argument("--partition", choices=["iid", "label_skew"])
+    device.add_argument("--partition", type=partition_arg, metavar="SCHEME", help=PARTITION_HELP)
     device.add_argument("--seed", type=int)
     device.add_argument("--torch-threads", type=int)
     device.add_argument("--exit-on-finish", action="store_true", default=None)
@@ -438,6 +441,14 @@ def parse_floats(text: str, count: int, flag: str) -> list[float]:
         expected = f"{count} numbers" if count >= 0 else "numbers"
         raise SystemExit(f"ares: bad {flag} {text!r}; expected {expected} separated by commas")
     return values
+
+
+def partition_arg(text: str) -> str:
+    """``--partition``'s value in its canonical text (argparse reports a bad one)."""
+    try:
+        return check_partition(text)
+    except PartitionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -49,7 +49,7 @@ from benchutil import (
 
 from broker import BrokerConfig, LocalBroker
 from planner.policies import POLICIES
-from splitnn.data import load_dataset
+from splitnn.datasets import load_dataset
 from splitnn.models import ModelSpec, cut_shapes
 
 HERE = Path(__file__).parent

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.codec import MAX_META_BYTES, encode_frame
-from splitnn.data import DATASET_NAMES
+from splitnn.datasets import dataset_names
 from splitnn.models import ModelSpec, build_model, cut_shapes
 
 # Per-sample input (channels, side) and classes of each dataset; a test checks them against
-# splitnn.data so the two cannot drift apart.
+# splitnn.datasets so the two cannot drift apart.
 DATASET_INPUTS: dict[str, tuple[int, int, int]] = {
     "digits": (1, 8, 10),
     "cifar10": (3, 32, 10),
@@ -53,7 +53,9 @@ class FrameSizes:
 def model_spec(model: str, dataset: str) -> ModelSpec:
     """The spec the edge builds for ``model`` trained on ``dataset``."""
     if dataset not in DATASET_INPUTS:
-        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASET_NAMES)}")
+        raise ValueError(
+            f"unknown dataset {dataset!r}; known datasets: {', '.join(dataset_names())}"
+        )
     channels, side, classes = DATASET_INPUTS[dataset]
     return ModelSpec(model, (channels, side, side), classes)
 

@@ -12,7 +12,7 @@ from device_agent.ports import Environment
 from device_agent.session import DeviceSession
 from device_agent.settings import DeviceSettings
 from device_agent.trainer import DeviceTrainer, TorchTrainer
-from splitnn.data import load_dataset, shard
+from splitnn.datasets import load_dataset, shard
 from transport import Connect
 
 # No single compute step (a batch, a profile, loading a round's weights) takes this long on the

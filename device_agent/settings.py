@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from device_agent.profile_cache import default_cache_dir
 from schemas.config_file import ServiceSettings
+from schemas.partitions import check_partition
 from schemas.topics import validate_device_id
 from transport import MqttSettings
 
@@ -31,7 +32,7 @@ class DeviceSettings(ServiceSettings):
     num_shards: int = Field(default=1, ge=1)
     shard_index: int = Field(default=0, ge=0)
     shard_count: int = Field(default=1, ge=1)  # consecutive shards owned (a larger data share)
-    partition: Literal["iid", "label_skew"] = "iid"
+    partition: Annotated[str, AfterValidator(check_partition)] = "iid"  # or dirichlet:ALPHA
     seed: int = 0
 
     # Emulation (testbed): a built-in device profile ("host": none), the emulated links and

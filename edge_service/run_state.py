@@ -29,7 +29,8 @@ from edge_service.rejections import Counters
 from edge_service.report import RunReport
 from edge_service.settings import EdgeSettings
 from schemas import ModelInfo
-from splitnn.data import ArrayDataset, load_dataset
+from splitnn.data import ArrayDataset
+from splitnn.datasets import load_dataset
 from splitnn.models import ModelSpec, architecture_fingerprint, build_model, num_blocks
 from splitnn.partition import validate_cut
 from splitnn.profiling import BlockProfile, profile_blocks

@@ -120,7 +120,7 @@ def scenario_plan_inputs(
     from edge_service.planning import DeviceReadings, PlanDefaults
     from edge_service.settings import EdgeSettings
     from schemas import ComputeProfile
-    from splitnn.data import load_dataset
+    from splitnn.datasets import load_dataset
     from splitnn.models import ModelSpec, num_blocks
     from splitnn.profiling import profile_blocks
     from testbed.emulation import Emulation

@@ -1,12 +1,12 @@
 """Split-learning core: models as chains of blocks, cutting them, FedAvg, and the data."""
 
-from splitnn.data import (
-    DATASET_NAMES,
-    ArrayDataset,
-    BatchStream,
-    DatasetError,
+from splitnn.data import ArrayDataset, BatchStream, DatasetError
+from splitnn.datasets import (
+    dataset_names,
     load_dataset,
+    parse_partition,
     partition_indices,
+    register_dataset,
     shard,
 )
 from splitnn.errors import SplitError
@@ -33,7 +33,6 @@ from splitnn.partition import (
 from splitnn.profiling import BlockProfile, cumulative, profile_blocks, scale_profile
 
 __all__ = [
-    "DATASET_NAMES",
     "ArrayDataset",
     "BatchStream",
     "BlockProfile",
@@ -46,6 +45,7 @@ __all__ = [
     "build_part",
     "cumulative",
     "cut_shapes",
+    "dataset_names",
     "device_blocks",
     "fedavg",
     "load_dataset",
@@ -53,8 +53,10 @@ __all__ = [
     "merge_states",
     "model_names",
     "num_blocks",
+    "parse_partition",
     "partition_indices",
     "profile_blocks",
+    "register_dataset",
     "register_model",
     "scale_profile",
     "server_blocks",

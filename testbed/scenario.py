@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from planner.policies import POLICIES
 from schemas.documents import DocumentError, read_document, validation_problems
+from schemas.partitions import check_partition
 from schemas.topics import validate_device_id
 
 ScheduleSpec = float | list[tuple[float, float]] | dict[str, Any]
@@ -63,7 +64,7 @@ class Scenario(BaseModel):
     batches_per_round: int | None = Field(default=None, ge=1)
     lr: float | None = Field(default=None, gt=0)
     wire_dtype: Literal["float32", "float16"] = "float32"
-    partition: Literal["iid", "label_skew"] = "iid"
+    partition: Annotated[str, AfterValidator(check_partition)] = "iid"  # or dirichlet:ALPHA
     # Emulated time runs this many times faster: compute targets divided, link rates multiplied.
     time_scale: float = Field(default=1.0, gt=0)
     devices: list[DeviceSpec] = Field(min_length=1)
@@ -124,7 +125,7 @@ def samples_per_round(
 ) -> dict[str, int]:
     """Per device, the training samples a round processes: its data share of the dataset's
     training split, at most ``batches_per_round`` batches of the scenario's (None: all)."""
-    from splitnn.data import load_dataset, partition_indices  # numpy, and sklearn for digits
+    from splitnn.datasets import load_dataset, partition_indices  # numpy, sklearn for digits
 
     train = load_dataset(scenario.dataset, "train", data_dir=scenario.data_dir, seed=seed)
     total = sum(d.data_share for d in scenario.devices)

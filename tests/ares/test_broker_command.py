@@ -12,7 +12,7 @@ from ares.cli import main
 from broker.provision import PACKET_OVERHEAD
 from broker.sizing import DATASET_INPUTS, MARGIN, frame_sizes, model_spec
 from schemas.codec import MAX_META_BYTES
-from splitnn.data import DATASET_NAMES, load_dataset
+from splitnn.datasets import dataset_names, load_dataset
 from transport import MqttSettings
 
 
@@ -115,7 +115,7 @@ def test_dataset_inputs_match_the_datasets(dataset):
     data = load_dataset(dataset, "test")
     channels, side, _ = data.input_shape
     assert DATASET_INPUTS[dataset] == (channels, side, data.num_classes)
-    assert set(DATASET_INPUTS) == set(DATASET_NAMES)
+    assert set(DATASET_INPUTS) == set(dataset_names())
 
 
 def test_frame_sizes_of_the_paper_model():

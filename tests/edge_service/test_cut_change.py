@@ -9,7 +9,7 @@ import torch
 from device_agent.trainer import DeviceTrainer
 from edge_service.server_session import ServerSession
 from schemas import ModelInfo, RoundStart, TrainConfig, decode_frame
-from splitnn.data import load_dataset
+from splitnn.datasets import load_dataset
 from splitnn.models import ModelSpec, build_model, cut_shapes
 from splitnn.partition import merge_states, split_state
 from splitnn.tensors import arrays_to_state, state_to_arrays

@@ -13,7 +13,8 @@ from torch import nn
 from device_agent import DeviceAgent
 from edge_service import EdgeService
 from schemas import Topics
-from splitnn.data import BatchStream, load_dataset, shard
+from splitnn.data import BatchStream
+from splitnn.datasets import load_dataset, shard
 from splitnn.models import ModelSpec, build_model, num_blocks
 from tests.integration.helpers import device_settings, edge_settings, mqtt, train, wait_until
 from transport import MqttLink

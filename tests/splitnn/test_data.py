@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitnn import (
-    DATASET_NAMES,
     ArrayDataset,
     BatchStream,
     DatasetError,
+    dataset_names,
     load_dataset,
     partition_indices,
     shard,
@@ -129,7 +129,7 @@ def test_synthetic_is_deterministic_balanced_and_learnable() -> None:
 
 
 def test_unknown_dataset_or_split() -> None:
-    assert set(DATASET_NAMES) == {"digits", "cifar10", "synthetic"}
+    assert set(dataset_names()) == {"digits", "cifar10", "synthetic"}
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("mnist", "train")
     with pytest.raises(ValueError, match="split"):
@@ -232,7 +232,7 @@ def test_shard_of_a_dataset() -> None:
         (0, {}, "num_shards"),
         (11, {}, "num_shards"),
         (2, {"classes_per_shard": 0}, "classes_per_shard"),
-        (2, {"scheme": "dirichlet"}, "scheme"),
+        (2, {"scheme": "shuffled"}, "unknown partition"),
     ],
 )
 def test_bad_partition_arguments(num_shards: int, kwargs: dict[str, Any], message: str) -> None:
@@ -300,7 +300,7 @@ def test_a_larger_data_share_takes_consecutive_shards():
 def test_digits_read_from_the_bundled_file_equal_scikit_learns():
     from sklearn.datasets import load_digits
 
-    from splitnn.data import digits_arrays
+    from splitnn.datasets.builtin import digits_arrays
 
     images, target = digits_arrays()
     bunch = load_digits()
