@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DemoHelpFormatter,
     )
     _training_flags(demo)
+    _own_data_flags(
+        demo,
+        "a folder holding the edge's held-out set as test and each device's own data under its "
+        "id (dev-0, dev-1, ...; folders of class sub-folders, or .npz or .csv files)",
+    )
     demo.add_argument("--config", type=Path, help="the edge's settings file; or ARES_CONFIG")
     demo.add_argument("--devices", type=int, help="number of device agents (not with --scenario)")
     demo.add_argument(
@@ -126,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     edge = sub.add_parser("edge", help="run the edge service")
     _training_flags(edge)
+    _own_data_flags(edge, f"the edge's held-out set, instead of --dataset's test split; {OWN_DATA}")
     _mqtt_flags(edge)
     edge.add_argument("--min-devices", type=int, help="devices to wait for before round 1")
     edge.add_argument("--splits", help="per-device cuts for sl, e.g. dev-0=1,dev-1=3")
@@ -148,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     device = sub.add_parser("device", help="run a device agent")
     _mqtt_flags(device)
     device.add_argument("--id", dest="device_id", help="device id (default: host name)")
-    device.add_argument("--dataset", help="digits, cifar10 or synthetic")
+    device.add_argument("--dataset", help=DATASET_HELP)
     device.add_argument("--data-dir", type=Path, help="directory of a local dataset (cifar10)")
+    _own_data_flags(device, f"this device's own data, instead of a shard of --dataset; {OWN_DATA}")
     device.add_argument("--shard", help="which shard of the dataset this device owns: INDEX/COUNT")
     device.add_argument("--partition", type=partition_arg, metavar="SCHEME", help=PARTITION_HELP)
     device.add_argument("--seed", type=int)
@@ -214,8 +221,8 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--split", type=int, help="the sl policy's cut, for every device (default: the middle one)"
     )
-    p.add_argument("--model", help="small_cnn or vgg5")
-    p.add_argument("--dataset", help="digits, cifar10 or synthetic")
+    p.add_argument("--model", help=MODEL_HELP)
+    p.add_argument("--dataset", help=DATASET_HELP)
     p.add_argument("--data-dir", type=Path, help="directory of a local dataset (cifar10)")
     p.add_argument("--batch-size", type=int, help="samples per batch")
     p.add_argument("--batches-per-round", type=int, help="default: one local epoch")
@@ -225,6 +232,34 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, help="model initialisation and data shards")
     p.add_argument("--report", type=Path, help="write the JSON run report here")
+
+
+# Written out, not read from the registries: those import torch, and the CLI starts without it
+# (tests/ares/test_cli.py holds these to the registries).
+BUILTIN_MODELS = ("small_cnn", "vgg5", "tiny", "mobilenetv2", "resnet18", "cnn1d")
+MODEL_HELP = (
+    f"{', '.join(BUILTIN_MODELS)}, or your own as package.module:callable (an nn.Sequential of "
+    "blocks; see README: Bring your own model and data)"
+)
+BUILTIN_DATASETS = ("digits", "cifar10", "synthetic")
+DATASET_HELP = f"{', '.join(BUILTIN_DATASETS)}, or a path to local data"
+OWN_DATA = "a folder of class sub-folders of PNG/JPEG images, a .npz of x and y, or a .csv"
+
+
+def _own_data_flags(p: argparse.ArgumentParser, data_help: str) -> None:
+    p.add_argument("--data", type=Path, help=data_help)
+    p.add_argument(
+        "--input-shape",
+        type=shape_arg,
+        metavar="CxHxW",
+        help="what images in --data become (default 3x32x32; 1xHxW: grayscale)",
+    )
+    p.add_argument(
+        "--classes",
+        type=names_arg,
+        metavar="A,B,...",
+        help="class names in label order (default: the sorted class folder names)",
+    )
 
 
 def _mqtt_flags(p: argparse.ArgumentParser) -> None:
@@ -317,7 +352,7 @@ def load_service_settings(
 
 TRAINING = (
     "rounds", "policy", "alpha", "split", "model", "dataset", "data_dir", "batch_size",
-    "batches_per_round", "lr", "wire_dtype", "seed", "report",
+    "batches_per_round", "lr", "wire_dtype", "seed", "report", "data", "input_shape", "classes",
 )  # fmt: skip
 
 
@@ -361,7 +396,8 @@ def device_settings(args: argparse.Namespace) -> tuple[DeviceSettings, dict[str,
     from device_agent import DeviceSettings
 
     values = _overrides(
-        args, "device_id", "dataset", "data_dir", "partition", "seed", "torch_threads",
+        args, "device_id", "dataset", "data_dir", "data", "input_shape", "classes", "partition",
+        "seed", "torch_threads",
         "exit_on_finish", "uplink_mbps", "downlink_mbps", "memory_mb", "profile", "time_scale",
         "link_mode", "uplink_schedule", "downlink_schedule", "battery_wh", "battery_pct",
         "shard_count",
@@ -441,6 +477,25 @@ def parse_floats(text: str, count: int, flag: str) -> list[float]:
         expected = f"{count} numbers" if count >= 0 else "numbers"
         raise SystemExit(f"ares: bad {flag} {text!r}; expected {expected} separated by commas")
     return values
+
+
+def shape_arg(text: str) -> tuple[int, ...]:
+    """``--input-shape``: 3x32x32 (or 3,32,32) -> (3, 32, 32)."""
+    try:
+        shape = tuple(int(n) for n in text.replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 3x32x32, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return shape
+
+
+def names_arg(text: str) -> list[str]:
+    """``--classes``: cat,dog -> ["cat", "dog"]."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated names, got {text!r}")
+    return names
 
 
 def partition_arg(text: str) -> str:

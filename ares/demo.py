@@ -46,7 +46,8 @@ class DeviceLaunch:
 
 # Edge settings a scenario sets and a flag (or the bench) may override.
 EDGE_NAMES = ("policy", "alpha", "split", "model", "dataset", "data_dir", "batch_size",
-              "batches_per_round", "lr", "wire_dtype", "seed")  # fmt: skip
+              "batches_per_round", "lr", "wire_dtype", "seed", "data", "input_shape",
+              "classes")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,8 @@ def as_flags(values: dict[str, Any]) -> tuple[str, ...]:
     out: list[str] = []
     for name, value in values.items():
         if value is not None:
-            out += [f"--{name.replace('_', '-')}", str(value)]
+            text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+            out += [f"--{name.replace('_', '-')}", text]
     return tuple(out)
 
 

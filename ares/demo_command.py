@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,14 @@ def demo_options(args: argparse.Namespace) -> DemoOptions:
     """The run ``args`` ask for, checked: a ValueError (one line) if anything would fail."""
     _check_flags(args)
     scenario = load_scenario(args.scenario) if args.scenario else None
+    device_ids = (
+        [d.id for d in scenario.devices]
+        if scenario is not None
+        else [f"dev-{i}" for i in range(args.devices or DEMO_DEFAULTS["devices"])]
+    )
+    own_data = own_data_layout(args.data, device_ids) if args.data is not None else None
+    if own_data is not None:
+        args = argparse.Namespace(**{**vars(args), "data": own_data.pop("test")})
     settings, flags = _edge_settings(args, scenario)
     run_dir = args.run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     # What the devices share with the edge, whatever gave it: the same data and shards.
@@ -63,11 +73,18 @@ def demo_options(args: argparse.Namespace) -> DemoOptions:
         shared["prefix"] = settings.mqtt.prefix
     if args.partition is not None:  # over the scenario's
         shared["partition"] = args.partition
+    for name in ("input_shape", "classes"):  # what the devices' own data must become, as the edge's
+        if getattr(settings, name) is not None:
+            shared[name] = ",".join(map(str, getattr(settings, name)))
     devices = (
         scenario_devices(scenario, shared)
         if scenario is not None
         else _devices(args.devices or DEMO_DEFAULTS["devices"], shared)
     )
+    if own_data is not None:
+        devices = tuple(
+            replace(d, flags=(*d.flags, "--data", str(own_data[d.device_id]))) for d in devices
+        )
     edge = {n: flags.get(n) for n in EDGE_NAMES}
     splits = ("--splits", args.splits) if args.splits else ()
     options = DemoOptions(
@@ -114,6 +131,30 @@ def _edge_settings(
             if values.get(name) is None:
                 values[name] = getattr(scenario, name, None)
     return edge_settings(argparse.Namespace(**values))
+
+
+OWN_DATA_SUFFIXES = ("", ".npz", ".csv")
+
+
+def own_data_layout(root: Path, device_ids: Sequence[str]) -> dict[str, Path]:
+    """``ares demo --data ROOT``: ROOT/test is the edge's held-out set and ROOT/ID each
+    device's own data (a folder of class folders, or ID.npz or ID.csv); "test" and each id
+    map to a path, or a ValueError names what is missing."""
+    if not root.is_dir():
+        raise ValueError(f"--data {root}: not a folder")
+    found: dict[str, Path] = {}
+    for name in ("test", *device_ids):
+        paths = [root / f"{name}{suffix}" for suffix in OWN_DATA_SUFFIXES]
+        present = [p for p in paths if p.exists()]
+        if len(present) != 1:
+            problem = "none of" if not present else "more than one of"
+            names = ", ".join(p.name for p in paths)
+            raise ValueError(
+                f"--data {root}: {problem} {names} (the edge's held-out set is test; each "
+                "device's data is named by its id)"
+            )
+        found[name] = present[0]
+    return found
 
 
 def _devices(count: int, shared: dict[str, Any]) -> tuple[DeviceLaunch, ...]:

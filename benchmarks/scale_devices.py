@@ -180,6 +180,7 @@ class ThinkingTrainer:
         self.samples = fleet.samples
         self.input_shape = fleet.input_shape
         self.num_classes = fleet.num_classes
+        self.labels = None
         self.trains_whole_model = False
         self._start: RoundStart | None = None
         self._state: dict[str, np.ndarray] = {}

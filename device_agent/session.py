@@ -117,6 +117,11 @@ class Trainer(Protocol):
     def num_classes(self) -> int: ...
 
     @property
+    def labels(self) -> tuple[str, ...] | None:
+        """The class names of the device's data in label order, where it has them."""
+        ...
+
+    @property
     def trains_whole_model(self) -> bool:
         """This round's cut leaves every block on the device."""
         ...
@@ -704,9 +709,10 @@ class DeviceSession(Generic[TrainerT]):
             instance=self.instance,
             agent_version=AGENT_VERSION,
             samples=self.trainer.samples,
-            dataset=self.settings.dataset,
+            dataset=self.settings.data_source,
             input_shape=self.trainer.input_shape,
             num_classes=self.trainer.num_classes,
+            labels=self.trainer.labels,
             profile=self.settings.profile,
             link_mode=self.settings.link_mode,
             **self._declared_resources(),

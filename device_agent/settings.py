@@ -34,6 +34,14 @@ class DeviceSettings(ServiceSettings):
     shard_count: int = Field(default=1, ge=1)  # consecutive shards owned (a larger data share)
     partition: Annotated[str, AfterValidator(check_partition)] = "iid"  # or dirichlet:ALPHA
     seed: int = 0
+    # Or this device's own data, used whole instead of a shard of ``dataset``: a folder of
+    # images with one sub-folder per class, a .npz of x and y, or a .csv with a label column.
+    data: Path | None = None
+    # What images in ``data`` become, (C, H, W): the edge's model input (default 3 x 32 x 32).
+    input_shape: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    # The class names in label order (default: the sorted sub-folder names of ``data``); set
+    # them when this device lacks a class the others have, so the label numbers agree.
+    classes: list[str] | None = None
 
     # Emulation (testbed): a built-in device profile ("host": none), the emulated links and
     # battery. Time scale > 1 runs the emulation faster, keeping every ratio.
@@ -61,6 +69,11 @@ class DeviceSettings(ServiceSettings):
     profile_cache_dir: Path = Field(default_factory=default_cache_dir)
     sysfs_root: Path = Path("/")  # where /sys is (tests point it at a fake tree)
     exit_on_finish: bool = False
+
+    @property
+    def data_source(self) -> str:
+        """Where the training data comes from: the own data's path, else the dataset's name."""
+        return str(self.data) if self.data is not None else self.dataset
 
     @property
     def emulated(self) -> bool:

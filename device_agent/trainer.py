@@ -34,7 +34,8 @@ T = TypeVar("T")
 
 
 class DeviceTrainer:
-    def __init__(self, data: ArrayDataset, seed: int) -> None:
+    def __init__(self, data: ArrayDataset | None, seed: int) -> None:
+        """``data`` None: the agent loads it (off the event loop) before it registers."""
         self.data = data
         self.seed = seed
         self._stream: BatchStream | None = None
@@ -44,6 +45,12 @@ class DeviceTrainer:
         self._wire_dtype = torch.float32
         self.trains_whole_model = False
         self.loss_fn = nn.CrossEntropyLoss()
+
+    @property
+    def dataset(self) -> ArrayDataset:
+        if self.data is None:
+            raise RuntimeError("the device's data is not loaded yet")
+        return self.data
 
     def start_round(self, start: RoundStart, state: Mapping[str, np.ndarray]) -> None:
         """Build the device part for this round's cut from the edge's weights."""
@@ -64,7 +71,7 @@ class DeviceTrainer:
         self.trains_whole_model = start.cut == num_blocks(spec)
         # The data order continues across rounds; a new batch size starts a new order.
         if self._stream is None or self._stream.batch_size != train.batch_size:
-            self._stream = BatchStream(len(self.data), train.batch_size, self.seed)
+            self._stream = BatchStream(len(self.dataset), train.batch_size, self.seed)
 
     def forward(self) -> tuple[np.ndarray, np.ndarray]:
         """Forward the next batch to the cut; returns (activations in wire dtype, labels)."""
@@ -95,7 +102,7 @@ class DeviceTrainer:
 
     def batches_per_round(self, batch_size: int) -> int:
         """One local epoch, as the edge plans it when batches per round is not set."""
-        return -(-len(self.data) // batch_size)
+        return -(-len(self.dataset) // batch_size)
 
     def state(self) -> dict[str, np.ndarray]:
         assert self._part is not None
@@ -104,7 +111,7 @@ class DeviceTrainer:
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._stream is not None
         index = self._stream.next_batch()
-        return torch.from_numpy(self.data.x[index]), torch.from_numpy(self.data.y[index])
+        return torch.from_numpy(self.dataset.x[index]), torch.from_numpy(self.dataset.y[index])
 
 
 def model_problem(model: ModelInfo) -> str | None:
@@ -138,15 +145,19 @@ class TorchTrainer:
 
     @property
     def samples(self) -> int:
-        return len(self.device_trainer.data)
+        return len(self.device_trainer.dataset)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return self.device_trainer.data.input_shape
+        return self.device_trainer.dataset.input_shape
 
     @property
     def num_classes(self) -> int:
-        return self.device_trainer.data.num_classes
+        return self.device_trainer.dataset.num_classes
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self.device_trainer.dataset.label_names
 
     @property
     def trains_whole_model(self) -> bool:

@@ -159,13 +159,9 @@ class Inbox:
     def _on_hello(self, device_id: str, hello: Hello) -> None:
         _check_sender(device_id, hello.device_id)
         model = self.model
-        expected = model.input_shape
-        if hello.input_shape != expected or hello.num_classes != model.num_classes:
-            raise Rejected(
-                "incompatible",
-                f"device data {hello.input_shape}/{hello.num_classes} classes; the model needs "
-                f"{expected}/{model.num_classes}",
-            )
+        problem = data_problem(hello, model)
+        if problem is not None:
+            raise Rejected("incompatible", f"{hello.dataset}: {problem}")
         restarted = self.devices.register(device_id, hello)
         runner = self.rounds.current
         if restarted and runner is not None:
@@ -201,3 +197,18 @@ class Inbox:
 def _check_sender(device_id: str, claimed: str) -> None:
     if claimed != device_id:
         raise Rejected("id_mismatch", f"payload claims device {claimed!r}")
+
+
+def data_problem(hello: Hello, model: ModelInfo) -> str | None:
+    """Why the data a device declared cannot train ``model`` (one line), or None."""
+    if hello.input_shape != model.input_shape:
+        return f"samples of shape {hello.input_shape}; the model takes {model.input_shape}"
+    if hello.num_classes > model.num_classes:
+        return f"{hello.num_classes} classes; the model has {model.num_classes}"
+    ours, theirs = model.labels, hello.labels
+    if ours is not None and theirs is not None and theirs != ours[: len(theirs)]:
+        return (
+            f"classes {', '.join(theirs)} are not the edge's {', '.join(ours)} in that order: "
+            "give the device a folder for every class (an empty one will do) or set its classes"
+        )
+    return None

@@ -30,7 +30,7 @@ from edge_service.report import RunReport
 from edge_service.settings import EdgeSettings
 from schemas import ModelInfo
 from splitnn.data import ArrayDataset
-from splitnn.datasets import load_dataset
+from splitnn.datasets import load_dataset, load_local
 from splitnn.models import ModelSpec, architecture_fingerprint, build_model, num_blocks
 from splitnn.partition import validate_cut
 from splitnn.profiling import BlockProfile, profile_blocks
@@ -70,9 +70,7 @@ class RunState:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         warm_up_torch()
-        test_data = load_dataset(
-            settings.dataset, "test", data_dir=settings.data_dir, seed=settings.seed
-        )
+        test_data = held_out_data(settings)
         spec = ModelSpec(settings.model, test_data.input_shape, test_data.num_classes)
         torch.manual_seed(settings.seed)
         model = build_model(spec)
@@ -107,6 +105,7 @@ class RunState:
                 {
                     "model": settings.model,
                     "dataset": settings.dataset,
+                    "data": settings.data,
                     "data_dir": settings.data_dir,
                     "seed": settings.seed,
                     "batch_size": settings.batch_size,
@@ -125,6 +124,7 @@ class RunState:
             input_shape=self.spec.input_shape,
             num_classes=self.spec.num_classes,
             fingerprint=architecture_fingerprint(self.spec),
+            labels=self.test_data.label_names,
         )
 
     def evaluate(self) -> Evaluation:
@@ -195,3 +195,14 @@ class RunState:
         self.first_round = checkpoint.round + 1
         log.info("resuming from %s: round %d of %d done", self.settings.checkpoint,
                  checkpoint.round, self.settings.rounds)  # fmt: skip
+
+
+def held_out_data(settings: EdgeSettings) -> ArrayDataset:
+    """The edge's held-out set: its own (``data``, read whole) or the dataset's test split."""
+    if settings.data is None:
+        name, seed = settings.dataset, settings.seed
+        return load_dataset(name, "test", data_dir=settings.data_dir, seed=seed)
+    local = load_local(settings.data, "test", input_shape=settings.input_shape,
+                       classes=settings.classes)  # fmt: skip
+    log.info("held-out set %s", local.summary())
+    return local.dataset

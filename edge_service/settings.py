@@ -18,10 +18,16 @@ class EdgeSettings(ServiceSettings):
     client_id: str = "ares-edge"
 
     # What is trained.
-    model: str = "small_cnn"
-    dataset: str = "digits"
+    model: str = "small_cnn"  # a registered model, or package.module:callable
+    dataset: str = "digits"  # its "test" split is the held-out set, unless ``data`` is given
     data_dir: Path | None = None
     seed: int = 0
+    # Or the edge's own held-out set, used whole: a folder of images with one sub-folder per
+    # class, a .npz of x and y, or a .csv with a label column (splitnn.datasets.local).
+    data: Path | None = None
+    # What images in ``data`` become, (C, H, W), and so the model's input (default 3 x 32 x 32).
+    input_shape: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    classes: list[str] | None = None  # class names in label order (default: sorted folders)
 
     # Rounds and who takes part.
     rounds: int = Field(default=5, ge=1)

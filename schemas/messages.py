@@ -94,6 +94,7 @@ class Hello(WireModel):
     dataset: str
     input_shape: tuple[int, ...]
     num_classes: Annotated[int, Field(ge=2)]
+    labels: tuple[str, ...] | None = None  # the class names of its data, in label order
     profile: str = "host"
     link_mode: str = "direct"  # direct, tc (shaped namespace) or token-bucket (emulated links)
     wire_dtypes: tuple[WireDtype, ...] = ("float32", "float16")
@@ -203,6 +204,7 @@ class ModelInfo(WireModel):
     # The architecture's fingerprint (splitnn.models.fingerprint_module): a device whose own
     # build of ``name`` differs refuses the session. None from a version-1 edge.
     fingerprint: str | None = None
+    labels: tuple[str, ...] | None = None  # the class names, in label order, where known
 
 
 class TrainConfig(WireModel):

@@ -79,3 +79,44 @@ def test_an_unknown_nested_variable_is_refused_by_name(
     err = error_of(["config", "show", "edge"], capsys)
     assert "mqtt.urll" in err
     assert "env ARES_MQTT__URLL" in err
+
+
+def test_the_help_names_every_built_in_model_and_dataset() -> None:
+    from ares.cli import BUILTIN_DATASETS, BUILTIN_MODELS
+    from splitnn import dataset_names, model_names
+
+    assert set(BUILTIN_MODELS) <= set(model_names())
+    assert set(model_names()) - set(BUILTIN_MODELS) <= {"two_layers_test"}  # a test registers it
+    assert set(BUILTIN_DATASETS) == set(dataset_names())
+
+
+def test_own_data_flags_reach_the_settings(tmp_path: Path) -> None:
+    from ares.cli import build_parser, device_settings, edge_settings
+
+    parser = build_parser()
+    device, _ = device_settings(
+        parser.parse_args(
+            ["device", "--id", "cam-1", "--data", str(tmp_path), "--input-shape", "1x28x28",
+             "--classes", "cat,dog"]
+        )
+    )  # fmt: skip
+    assert (device.data, device.input_shape, device.classes) == (tmp_path, (1, 28, 28), ["cat", "dog"])
+    assert device.data_source == str(tmp_path)
+    edge, _ = edge_settings(parser.parse_args(["edge", "--data", str(tmp_path), "--model", "a.b:c"]))
+    assert edge.data == tmp_path
+    assert edge.model == "a.b:c"
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [(["--input-shape", "3x0x32"], "positive"), (["--input-shape", "big"], "3x32x32"),
+     (["--classes", "cat,,dog"], "distinct"), (["--classes", "cat,cat"], "distinct")],
+)  # fmt: skip
+def test_bad_own_data_flags_are_named(
+    flags: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ares.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["device", *flags])
+    assert problem in capsys.readouterr().err
