@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from splitnn.errors import SplitError
+from splitnn.imports import IMPORT_PATH, import_callable
 
 if TYPE_CHECKING:
     from splitnn.models import ModelSpec
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 BlockBuilder = Callable[["ModelSpec"], "Sequence[nn.Module] | nn.Sequential"]
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
-_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 # What a ``module:callable`` model may ask for, by parameter name.
 _CALLABLE_ARGUMENTS = ("input_shape", "in_channels", "num_classes", "spec")
 
@@ -101,7 +101,7 @@ def model_entry(name: str) -> ModelEntry:
     entry = _REGISTRY.get(name)
     if entry is not None:
         return entry
-    if _IMPORT_PATH.fullmatch(name):
+    if IMPORT_PATH.fullmatch(name):
         return _imported(name)
     raise SplitError(
         f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}, or "
@@ -113,21 +113,14 @@ def is_model_name(name: str) -> bool:
     """Whether ``name`` is a registered model or has the ``package.module:callable`` form
     (without importing anything: the form is checked where the model is built)."""
     _load_builtins()
-    return name in _REGISTRY or _IMPORT_PATH.fullmatch(name) is not None
+    return name in _REGISTRY or IMPORT_PATH.fullmatch(name) is not None
 
 
 def _imported(path: str) -> ModelEntry:
-    module_name, attribute = path.split(":")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module may fail in any way while importing
-        raise SplitError(
-            f"model {path}: cannot import {module_name} ({type(exc).__name__}: {exc}); the same "
-            "code must be installed on the edge and on every device"
-        ) from None
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise SplitError(f"model {path}: {module_name} has no callable {attribute!r}")
+        factory = import_callable(path, "model")
+    except ValueError as exc:
+        raise SplitError(str(exc)) from None
     return ModelEntry(path, _calling(path, factory), input_rank=None)
 
 

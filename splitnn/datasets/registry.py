@@ -31,7 +31,6 @@ the split (``"train"`` or ``"test"``) and, by keyword, whichever of ``data_dir``
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 from collections.abc import Callable, Sequence
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from splitnn.data import ArrayDataset, DatasetError, Split
+from splitnn.imports import IMPORT_PATH, import_callable
 
 Loader = Callable[..., ArrayDataset]
 ENTRY_POINT_GROUP = "ares.datasets"
@@ -48,7 +48,6 @@ FILE_PREFIX = "file:"
 LOCAL_SUFFIXES = (".npz", ".csv")
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
-_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ class DatasetRegistry:
         self._load()
         if name in self._entries:
             return self._entries[name]
-        if _IMPORT_PATH.fullmatch(name):
+        if IMPORT_PATH.fullmatch(name):
             return DatasetEntry(name, _import_loader(name))
         return None
 
@@ -119,7 +118,7 @@ class DatasetRegistry:
         if source.startswith(FILE_PREFIX):
             return Path(source.removeprefix(FILE_PREFIX)).expanduser()
         self._load()
-        if source in self._entries or _IMPORT_PATH.fullmatch(source):
+        if source in self._entries or IMPORT_PATH.fullmatch(source):
             return None
         path = Path(source).expanduser()
         looks_like_a_path = (
@@ -149,18 +148,10 @@ class DatasetRegistry:
 
 
 def _import_loader(path: str) -> Loader:
-    module_name, attribute = path.split(":")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module may fail in any way while importing
-        raise DatasetError(
-            f"dataset {path}: cannot import {module_name} ({type(exc).__name__}: {exc}); the "
-            "same code must be installed on the edge and on every device"
-        ) from None
-    loader = getattr(module, attribute, None)
-    if not callable(loader):
-        raise DatasetError(f"dataset {path}: {module_name} has no callable {attribute!r}")
-    return loader  # type: ignore[no-any-return]  # checked callable; returns are checked on load
+        return import_callable(path, "dataset")
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 # The process's registry: what the CLI, the services and a user's ``register_dataset`` share.

@@ -77,3 +77,14 @@ def test_name_forms_are_recognised_without_importing() -> None:
     assert is_model_name("some.package:factory")
     assert not is_model_name("not a model")
     assert model_entry("vgg5").input_rank == 3
+
+
+def test_a_model_module_in_the_working_directory_is_found(tmp_path, monkeypatch) -> None:
+    """As ``python -m`` would: the ``ares`` script itself does not put the directory on the path."""
+    (tmp_path / "cwd_nets_for_test.py").write_text(
+        "from torch import nn\n\n\ndef make(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(12, num_classes))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
+    assert num_blocks(ModelSpec("cwd_nets_for_test:make", (3, 2, 2), 4)) == 2
