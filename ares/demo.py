@@ -464,17 +464,17 @@ def _ending(status: EdgeStatus, online: int) -> str:
 
 def print_table(report: RunReport) -> None:
     device_ids = sorted({d for r in report.rounds for d in r.devices})
-    header = f"{'round':>5} {'accuracy':>9} {'loss':>8} {'time s':>8}  splits " + " ".join(
+    header = f"{'round':>5} {'accuracy':>9} {'loss':>8} {'time s':>8}    cuts " + " ".join(
         device_ids
     )
     print(header)
     print("-" * len(header))
     for r in report.rounds:
-        splits = " ".join(
+        cuts = " ".join(
             f"{r.devices[d].cut if d in r.devices else '-':>{len(d)}}" for d in device_ids
         )
         print(f"{r.round:>5} {r.accuracy:>9.4f} {r.loss:>8.4f} {r.duration_s:>8.2f}"
-              f"         {splits}")  # fmt: skip
+              f"         {cuts}")  # fmt: skip
 
 
 def _tail(path: Path, lines: int = 20) -> str:

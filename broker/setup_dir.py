@@ -148,8 +148,8 @@ class SetupDir:
             [
                 "ARES edge service: `ares edge --config edge.toml` on the broker's host",
                 "(the loopback listener; in compose, the broker's network namespace).",
-                "What is trained: model = \"resnet18\" (or \"mypkg.nets:make_net\", installed",
-                "on the edge and every device) and data = \"/srv/ares-data/test\", the held-out",
+                'What is trained: model = "resnet18" (or "mypkg.nets:make_net", installed',
+                'on the edge and every device) and data = "/srv/ares-data/test", the held-out',
                 "set (README: Bring your own model and data).",
             ],
         )
@@ -236,7 +236,7 @@ class SetupDir:
                 f"ARES device {device_id}: `ares device --config {device_id}.toml`.",
                 f"Copy this file and ca.crt (to {ca_path}) onto the device"
                 + (f", with {device_id}.crt and {device_id}.key next to it." if with_cert else "."),
-                "Its own data: data = \"/srv/ares-data/train\" (a folder of class folders, a",
+                'Its own data: data = "/srv/ares-data/train" (a folder of class folders, a',
                 ".npz or a .csv; world-readable and outside /home for the systemd unit).",
             ],
         )

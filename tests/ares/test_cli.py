@@ -100,9 +100,11 @@ def test_own_data_flags_reach_the_settings(tmp_path: Path) -> None:
              "--classes", "cat,dog"]
         )
     )  # fmt: skip
-    assert (device.data, device.input_shape, device.classes) == (tmp_path, (1, 28, 28), ["cat", "dog"])
+    assert (device.data, device.input_shape) == (tmp_path, (1, 28, 28))
+    assert device.classes == ["cat", "dog"]
     assert device.data_source == str(tmp_path)
-    edge, _ = edge_settings(parser.parse_args(["edge", "--data", str(tmp_path), "--model", "a.b:c"]))
+    edge_argv = ["edge", "--data", str(tmp_path), "--model", "a.b:c"]
+    edge, _ = edge_settings(parser.parse_args(edge_argv))
     assert edge.data == tmp_path
     assert edge.model == "a.b:c"
 

@@ -212,3 +212,40 @@ def test_help_shows_the_defaults_and_the_scenarios(capsys: pytest.CaptureFixture
     assert "paper-testbed" in text
     assert "--splits" in text
     assert "--config" in text
+
+
+# --- own data: DIR/test for the edge, DIR/<device id> for each device --------------------------
+
+
+def test_own_data_goes_to_the_edge_and_each_device(runs: list[DemoOptions], tmp_path: Path) -> None:
+    for name in ("test", "dev-0"):
+        (tmp_path / "data" / name / "cat").mkdir(parents=True)
+    (tmp_path / "data" / "dev-1.npz").write_bytes(b"")
+    argv = ["--devices", "2", "--data", "data", "--input-shape", "1x16x16", "--model", "tiny"]
+    assert main(["demo", *argv]) == 0
+    (options,) = runs
+    assert flag_value(options.edge_argv(), "--data") == str(Path("data") / "test")
+    assert flag_value(options.edge_argv(), "--input-shape") == "1,16,16"
+    first, second = options.devices
+    assert flag_value(first.flags, "--data") == str(Path("data") / "dev-0")
+    assert flag_value(second.flags, "--data") == str(Path("data") / "dev-1.npz")
+    assert flag_value(second.flags, "--input-shape") == "1,16,16"
+
+
+@pytest.mark.parametrize(
+    ("entries", "problem"),
+    [
+        (["dev-0", "dev-1"], "none of test, test.npz, test.csv"),
+        (["test", "dev-0"], "none of dev-1, dev-1.npz, dev-1.csv"),
+        (["test", "dev-0", "dev-0.npz", "dev-1"], "more than one of dev-0, dev-0.npz"),
+    ],
+)
+def test_own_data_missing_or_doubled_is_one_line(
+    entries: list[str], problem: str, runs: list[DemoOptions], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    for entry in entries:
+        path = tmp_path / "data" / entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"") if entry.endswith(".npz") else path.mkdir()
+    assert problem in refused(["--devices", "2", "--data", "data"], runs, capsys)
