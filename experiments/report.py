@@ -65,7 +65,8 @@ def render_summary(results: Mapping[str, Any]) -> str:
         f"{machine.get('torch')}, {machine.get('platform')}; load average "
         f"{_load(machine.get('load_average_start'))} at the start, "
         f"{_load(machine.get('load_average_end'))} at the end. Policies ran one after another "
-        f"on the same scenario, seed ({settings['seed']}) and data shards, each with its own "
+        f"on the same scenario, seed ({settings['seed']}) and data shards (partition "
+        f"{settings.get('partition', 'iid')}), each with its own "
         f"broker; {settings['rounds']} rounds, alpha {settings['alpha']:g}, links shaped by "
         f"{settings.get('link_mode', 'unknown')}.",
         "",

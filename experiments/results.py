@@ -47,6 +47,7 @@ def build_results(
         "quick": options.quick,
         "model": scenario.model,
         "dataset": scenario.dataset,
+        "partition": scenario.partition,  # how the devices' shards were drawn
         "batch_size": scenario.batch_size,
         "batches_per_round": options.batches_per_round,
         "time_scale": scenario.time_scale,
