@@ -72,9 +72,8 @@ def make_report() -> dict:
 
 def make_checkpoint(round_no: int = 3, **changes) -> Checkpoint:
     torch.manual_seed(round_no)
-    state = build_model(
-        ModelSpec("vgg5", (3, 32, 32), 10)
-    ).state_dict()  # BatchNorm: int64 0-dim too
+    # BatchNorm: int64 0-dim too
+    state = build_model(ModelSpec("vgg5", (3, 32, 32), 10)).state_dict()
     fields: dict[str, Any] = {
         "session": "abc123",
         "round": round_no,
@@ -391,3 +390,21 @@ def test_the_settings_fingerprint_is_stable_and_sensitive():
     assert a == b
     assert len(a) == 64
     assert a != settings_fingerprint({"model": "vgg5", "batch_size": 33, "data_dir": Path("/d")})
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [("resnet18", (3, 32, 32)), ("mobilenetv2", (3, 32, 32)), ("cnn1d", (3, 64)),
+     ("tests.user_models:pixel_net", (3, 8, 8))],
+)  # fmt: skip
+def test_any_models_state_survives_a_checkpoint(tmp_path, model, shape):
+    spec = ModelSpec(model, shape, 10)
+    torch.manual_seed(0)
+    state = {k: v.detach().clone() for k, v in build_model(spec).state_dict().items()}
+    path = tmp_path / "edge.ckpt"
+    write_checkpoint(path, make_checkpoint(global_state=state, model=model))
+    loaded = read_checkpoint(path)
+    assert loaded is not None
+    assert loaded.model == model
+    assert_bit_identical(state, loaded.global_state)
+    build_model(spec).load_state_dict(loaded.global_state)  # every key, shape and dtype fits
