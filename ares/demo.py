@@ -103,7 +103,7 @@ class DemoOptions:
             raise ValueError(f"not edge settings a scenario run can override: {sorted(unknown)}")
         edge = {name: getattr(scenario, name, None) for name in EDGE_NAMES}
         edge.update({n: v for n, v in (overrides or {}).items() if v is not None})
-        shared = {n: edge.get(n) for n in ("dataset", "data_dir", "seed")}
+        shared = {n: edge.get(n) for n in ("dataset", "data_dir", "seed", "input_shape", "classes")}
         return cls(
             rounds=scenario.rounds if rounds is None else rounds,
             broker=broker,
@@ -153,6 +153,7 @@ def scenario_devices(scenario: Scenario, shared: dict[str, Any]) -> tuple[Device
             "uplink_mbps": _starting_rate(spec.uplink, scenario.time_scale),
             "downlink_mbps": _starting_rate(downlink, scenario.time_scale),
             **shared,
+            "data": spec.data,
         }
         launches.append(DeviceLaunch(spec.id, as_flags(values), spec))
     return tuple(launches)

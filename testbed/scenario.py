@@ -13,6 +13,7 @@ A scenario is a YAML (or JSON) file, or the name of one shipped in ``testbed/sce
         uplink: {steps: [[0, 40], [60, 2]]}   # Mbit/s: a number, steps, or {trace: file}
         battery_wh: 10                 # optional emulated battery
         data_share: 2                  # relative share of the training data
+        # data: /srv/frames/nano-1     # or the device's own data (then the edge's: data)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class DeviceSpec(BaseModel):
     battery_wh: float | None = Field(default=None, gt=0)
     battery_pct: float = Field(default=100.0, gt=0, le=100)
     data_share: int = Field(default=1, ge=1)
+    data: Path | None = None  # this device's own data, instead of its share of the dataset
 
 
 class Scenario(BaseModel):
@@ -56,6 +58,11 @@ class Scenario(BaseModel):
     model: str = "small_cnn"
     dataset: str = "digits"
     data_dir: Path | None = None
+    # The edge's own held-out set, instead of the dataset's test split; what images become;
+    # the class names in label order (see the devices' own ``data``).
+    data: Path | None = None
+    input_shape: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    classes: list[str] | None = None
     policy: Annotated[str, AfterValidator(POLICIES.check)] = "ares"
     alpha: float = Field(default=0.5, ge=0, le=1)
     split: int | None = Field(default=None, ge=1)

@@ -67,6 +67,21 @@ def test_scenario_options_take_overrides_over_the_scenario(tmp_path):
         DemoOptions.for_scenario(load_scenario(TINY), run_dir=tmp_path, overrides={"rounds": 3})
 
 
+def test_a_scenarios_own_data_goes_to_the_edge_and_each_device(tmp_path):
+    scenario = load_scenario(TINY).model_copy(
+        update={"data": tmp_path / "test", "input_shape": (1, 16, 16), "classes": ["a", "b"]}
+    )
+    devices = [d.model_copy(update={"data": tmp_path / d.id}) for d in scenario.devices]
+    scenario = scenario.model_copy(update={"devices": devices})
+    options = DemoOptions.for_scenario(scenario, run_dir=tmp_path)
+    flags = options.edge_flags
+    assert flags[flags.index("--data") + 1] == str(tmp_path / "test")
+    assert flags[flags.index("--input-shape") + 1] == "1,16,16"
+    for device in options.devices:
+        assert device.flags[device.flags.index("--data") + 1] == str(tmp_path / device.device_id)
+        assert device.flags[device.flags.index("--classes") + 1] == "a,b"
+
+
 def status(done: int, state: str = "training", accuracy: float | None = 0.5) -> EdgeStatus:
     return EdgeStatus(
         session="s1", state=state, round=max(done, 1), rounds=3, rounds_done=done,
