@@ -5,6 +5,9 @@ Layout (prefix configurable, default ``ares/v1``)::
     {prefix}/edge/status          edge -> all     JSON, retained
     {prefix}/edge/plan            edge -> all     JSON, retained
     {prefix}/dev/{id}/{channel}   per-device subtree, see DeviceChannel
+    {prefix}/serve/status         serving edge -> all   JSON, retained
+    {prefix}/serve/plan           serving edge -> all   JSON, retained
+    {prefix}/dev/{id}/serve/...   per-device serving subtree, see ServeChannel
 
 Per-device subtrees let a broker ACL confine each device to ``{prefix}/dev/%u/#``.
 """
@@ -44,6 +47,33 @@ DEVICE_TO_EDGE = (
 EDGE_TO_DEVICE = (DeviceChannel.CTRL, DeviceChannel.GRAD, DeviceChannel.ERROR)
 
 
+class ServeChannel(StrEnum):
+    """Serving's levels under a device's subtree (two levels: ``serve/...``), so the training
+    protocol's topics and parsers never see them and the ACL's ``{prefix}/dev/%u/#`` still
+    confines a device. The comment says who publishes it."""
+
+    REQUEST = "serve/request"  # application -> device: a request (JSON or msgpack frame)
+    ANSWER = "serve/answer"  # device -> application: the answer, or why not (JSON)
+    HELLO = "serve/hello"  # device -> serving edge: its model, timings, resources (JSON)
+    STATUS = "serve/status"  # device -> all: online/offline, retained, set by the will (JSON)
+    TELEMETRY = "serve/telemetry"  # device -> serving edge: exit rate, latency, link (JSON)
+    ACT = "serve/act"  # device -> serving edge: one request's cut activation (msgpack frame)
+    RESULT = "serve/result"  # serving edge -> device: the edge's label for a request (JSON)
+    CTRL = "serve/ctrl"  # serving edge -> device: its cut and threshold, retained (JSON)
+
+
+# What a serving device publishes and what it reads (its application's requests among them):
+# the broker's ACL grants a device exactly these under its own subtree.
+SERVE_DEVICE_WRITES = (
+    ServeChannel.ANSWER,
+    ServeChannel.HELLO,
+    ServeChannel.STATUS,
+    ServeChannel.TELEMETRY,
+    ServeChannel.ACT,
+)
+SERVE_DEVICE_READS = (ServeChannel.REQUEST, ServeChannel.RESULT, ServeChannel.CTRL)
+
+
 def validate_device_id(device_id: str) -> str:
     """Return ``device_id`` or raise ValueError if it cannot be a topic level."""
     if not DEVICE_ID_PATTERN.fullmatch(device_id):
@@ -75,10 +105,18 @@ class Topics:
     def edge_plan(self) -> str:
         return f"{self.prefix}/edge/plan"
 
-    def device(self, device_id: str, channel: DeviceChannel) -> str:
+    @property
+    def serve_status(self) -> str:
+        return f"{self.prefix}/serve/status"
+
+    @property
+    def serve_plan(self) -> str:
+        return f"{self.prefix}/serve/plan"
+
+    def device(self, device_id: str, channel: DeviceChannel | ServeChannel) -> str:
         return f"{self.prefix}/dev/{validate_device_id(device_id)}/{channel.value}"
 
-    def all_devices(self, channel: DeviceChannel) -> str:
+    def all_devices(self, channel: DeviceChannel | ServeChannel) -> str:
         """Subscription filter for one channel of every device."""
         return f"{self.prefix}/dev/+/{channel.value}"
 
@@ -92,5 +130,18 @@ class Topics:
             return None
         try:
             return rest[0], DeviceChannel(rest[1])
+        except ValueError:
+            return None
+
+    def parse_serve_topic(self, topic: str) -> tuple[str, ServeChannel] | None:
+        """Split ``{prefix}/dev/{id}/serve/{name}``; None for anything else."""
+        head = f"{self.prefix}/dev/"
+        if not topic.startswith(head):
+            return None
+        device_id, sep, channel = topic[len(head) :].partition("/")
+        if not sep or not DEVICE_ID_PATTERN.fullmatch(device_id):
+            return None
+        try:
+            return device_id, ServeChannel(channel)
         except ValueError:
             return None

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 
 from splitnn.data import ArrayDataset, DatasetError, Split
 from splitnn.datasets._pixels import pixels_to_inputs
-from splitnn.datasets.local import LocalData
+from splitnn.datasets.local import DEFAULT_MEAN, DEFAULT_STD, LocalData
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,26 @@ def load_image_folder(
     y = np.asarray([labels[i] for i in good], dtype=np.int64)
     dataset = ArrayDataset(x, y, len(names), str(folder), label_names=names)
     return LocalData(dataset, folder, "images", len(bad), skipped_names)
+
+
+def decode_image(
+    path: Path,
+    input_shape: tuple[int, ...],
+    *,
+    mean: float | Sequence[float] = DEFAULT_MEAN,
+    std: float | Sequence[float] = DEFAULT_STD,
+) -> NDArray[np.float32]:
+    """One image file as one (C, H, W) sample, decoded and normalised exactly as
+    :func:`load_image_folder` does; a DatasetError when it does not decode."""
+    if len(input_shape) != 3 or input_shape[0] not in _MODES or min(input_shape) < 1:
+        raise DatasetError(f"{path}: images become (C, H, W) with C 1 or 3, not {input_shape}")
+    channels, height, width = input_shape
+    image = _decode(path, _MODES[channels], (width, height))
+    if not isinstance(image, np.ndarray):
+        raise DatasetError(f"{path}: does not decode ({image})")
+    pixels = image.reshape(1, height, width, channels).transpose(0, 3, 1, 2)
+    sample: NDArray[np.float32] = pixels_to_inputs(np.ascontiguousarray(pixels), mean, std, path)[0]
+    return sample
 
 
 def _split_folder(root: Path, split: Split | None) -> Path:
