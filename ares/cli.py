@@ -22,6 +22,7 @@ import runtime
 from ares.bench_command import add_bench_parser
 from ares.broker_command import add_broker_parser
 from ares.demo_command import DemoHelpFormatter
+from ares.export_command import add_export_parser
 from ares.plan_command import add_plan_parser
 from broker.binary import ENV_VAR as MOSQUITTO_ENV
 from planner.policies import POLICIES
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_plan_parser(sub)
     add_bench_parser(sub)
+    add_export_parser(sub)
 
     config = sub.add_parser("config", help="settings: show what a service would run with")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -83,7 +83,12 @@ def settings_fingerprint(settings: Mapping[str, Any]) -> str:
 
 def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` to ``path`` atomically; a crash leaves the previous file intact."""
-    payload = _to_payload(checkpoint)  # validated before the disk is touched
+    save_atomically(path, _to_payload(checkpoint))  # validated before the disk is touched
+
+
+def save_atomically(path: Path, payload: Any) -> None:
+    """``torch.save`` ``payload`` to ``path`` through a temporary file, fsynced and renamed
+    onto it: a crash leaves the previous file intact."""
     path = Path(path)
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)

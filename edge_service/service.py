@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -41,6 +42,7 @@ from edge_service.settings import EdgeSettings
 from schemas import EdgeStatus, Finish, Topics, to_json
 from schemas.messages import EdgeState
 from schemas.topics import DEVICE_TO_EDGE
+from splitnn.exits import check_positions
 from splitnn.models import ModelSpec
 from transport import Connect, LastWill, LinkError, mqtt_connector
 
@@ -92,6 +94,8 @@ class EdgeService:
             return self.state
         loop = asyncio.get_running_loop()
         state = await loop.run_in_executor(None, RunState.prepare, self.settings, self._new_report)
+        if self.settings.exits is not None:
+            check_positions(state.spec, self.settings.exits)  # now, not after training
         # Counters carry on from the checkpoint: the report covers the run, not this process.
         self.counters.restore(state.report.counters)
         self.executor = ThreadPoolExecutor(
@@ -153,6 +157,8 @@ class EdgeService:
                     await self._publish_status("finished")
                     if self.settings.finish_devices:
                         await self._finish_devices("training finished")
+                    if self.settings.artifact is not None:
+                        await self._write_artifact(self.settings.artifact)
                 except asyncio.CancelledError:
                     # SIGTERM: the round in flight is abandoned (the checkpoint holds the last
                     # finished one); tell the devices, within a bound, then go.
@@ -176,6 +182,25 @@ class EdgeService:
             self.topics.edge_status, to_json(self.edge_status(state))
         )
         await self._driver.resend_in_flight()
+
+    async def _write_artifact(self, path: Path) -> None:
+        """The trained model with calibrated exits, for serving (in a worker thread)."""
+        from serving.artifact import export_artifact, write_artifact  # serving is a later layer
+
+        state, settings = self._state, self.settings
+        try:
+            artifact = await asyncio.to_thread(
+                export_artifact, state.spec, state.global_state, state.test_data,
+                source=f"training run {self.session}", positions=settings.exits,
+                seed=settings.seed, device=state.torch_device,
+            )  # fmt: skip
+            await asyncio.to_thread(write_artifact, path, artifact)
+        except Exception as exc:  # the training is done and checkpointed: log, never lose it
+            log.error("model file %s not written: %s (ares export makes one from the checkpoint)",
+                      path, exc)  # fmt: skip
+            return
+        log.info("model file %s written: accuracy %.4f, exits at %s", path,
+                 artifact.calibration.full_accuracy, list(artifact.positions))  # fmt: skip
 
     # --- shutdown -------------------------------------------------------------------------------
 

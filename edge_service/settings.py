@@ -87,6 +87,10 @@ class EdgeSettings(ServiceSettings):
     metrics_host: str = "127.0.0.1"
 
     report: Path | None = None
+    # The trained model with calibrated early exits, written when training ends, for serving
+    # (serving.artifact; None: not written, ``ares export`` makes one from the checkpoint).
+    artifact: Path | None = None
+    exits: list[Annotated[int, Field(ge=1)]] | None = None  # exit positions; None: the default
     # Written atomically at every round end. When it exists the edge resumes from it (new
     # devices and rejoining ones resynchronise at the next round start) unless fresh is set.
     checkpoint: Path | None = Path("ares-edge.ckpt")

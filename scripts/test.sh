@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
-CODE="schemas transport splitnn planner broker edge_service device_agent testbed experiments runtime ares tests benchmarks"
+CODE="schemas transport splitnn planner broker edge_service device_agent serving testbed experiments runtime ares tests benchmarks"
 echo "== ruff" && .venv/bin/ruff check $CODE && .venv/bin/ruff format --check $CODE
 echo "== mypy" && .venv/bin/mypy $CODE
 echo "== pytest"
