@@ -24,6 +24,13 @@ from ares.broker_command import add_broker_parser
 from ares.demo_command import DemoHelpFormatter
 from ares.export_command import add_export_parser
 from ares.plan_command import add_plan_parser
+from ares.serve_command import (
+    add_serve_parser,
+    add_serving_device_flags,
+    run_serving_device,
+    serving_mode,
+    serving_variables,
+)
 from broker.binary import ENV_VAR as MOSQUITTO_ENV
 from planner.policies import POLICIES
 from runtime import logs
@@ -189,9 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument(
         "--power", help="board power in W while computing,transmitting,receiving: e.g. 7.3,2.3,2.3"
     )
+    add_serving_device_flags(device)
     device.set_defaults(handler=_device)
 
     add_plan_parser(sub)
+    add_serve_parser(sub)
     add_bench_parser(sub)
     add_export_parser(sub)
 
@@ -291,7 +300,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     from device_agent import DeviceSettings
     from edge_service import EdgeSettings
 
-    known = sorted(env_names(EdgeSettings) | env_names(DeviceSettings) | OTHER_VARIABLES)
+    known = sorted(
+        env_names(EdgeSettings) | env_names(DeviceSettings) | serving_variables() | OTHER_VARIABLES
+    )
     lines = []
     for variable in given:
         name = variable.upper()
@@ -393,8 +404,13 @@ def _edge(args: argparse.Namespace) -> int:
     return 0
 
 
-def device_settings(args: argparse.Namespace) -> tuple[DeviceSettings, dict[str, Any]]:
-    """A device agent's settings from its flags (and the file and environment); and the flags."""
+def device_settings(
+    args: argparse.Namespace,
+    cls: type[DeviceSettings] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[DeviceSettings, dict[str, Any]]:
+    """A device agent's settings from its flags (and the file and environment); and the flags.
+    ``cls``: a device's settings class with more settings (serving's), set from ``extra``."""
     from device_agent import DeviceSettings
 
     values = _overrides(
@@ -414,7 +430,8 @@ def device_settings(args: argparse.Namespace) -> tuple[DeviceSettings, dict[str,
     if args.shard:
         index, count = parse_shard(args.shard)
         values.update(shard_index=index, num_shards=count)
-    return load_service_settings(DeviceSettings, args.config, values), values
+    values.update(extra or {})
+    return load_service_settings(cls or DeviceSettings, args.config, values), values
 
 
 def device_environment(settings: DeviceSettings) -> Environment:
@@ -432,6 +449,8 @@ def device_environment(settings: DeviceSettings) -> Environment:
 def _device(args: argparse.Namespace) -> int:
     from device_agent import DeviceAgent
 
+    if serving_mode(args):
+        return run_serving_device(args)
     settings, _ = device_settings(args)
     logs.setup_logging(args.log_level, settings.device_id, args.log_format)
     agent = DeviceAgent(settings, environment=device_environment(settings))
