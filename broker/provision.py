@@ -19,7 +19,16 @@ from typing import Any
 from broker.config import MQTT_MAX_PACKET_SIZE
 from schemas.config_file import toml_value
 from schemas.errors import AresError
-from schemas.topics import DEFAULT_PREFIX, DEVICE_TO_EDGE, EDGE_TO_DEVICE, DeviceChannel, Topics
+from schemas.topics import (
+    DEFAULT_PREFIX,
+    DEVICE_TO_EDGE,
+    EDGE_TO_DEVICE,
+    SERVE_DEVICE_READS,
+    SERVE_DEVICE_WRITES,
+    DeviceChannel,
+    ServeChannel,
+    Topics,
+)
 
 EDGE_USER = "ares-edge"
 INSPECTOR_USER = "inspector"
@@ -243,8 +252,15 @@ def render_acl(prefix: str = DEFAULT_PREFIX) -> str:
         *(f"pattern read {device}/{channel.value}" for channel in EDGE_TO_DEVICE),
         "# A device reads its own retained status too, to correct a stale offline (an old will).",
         f"pattern read {device}/{DeviceChannel.STATUS.value}",
+        "# Serving (ares device --serve) under the same confinement; the device's application,",
+        "# logged in as the device, publishes its requests and reads its answers.",
+        *(f"pattern write {device}/{channel.value}" for channel in SERVE_DEVICE_WRITES),
+        f"pattern write {device}/{ServeChannel.REQUEST.value}",
+        *(f"pattern read {device}/{channel.value}" for channel in SERVE_DEVICE_READS),
+        f"pattern read {device}/{ServeChannel.ANSWER.value}",
         "# No %u here, so Mosquitto's start-up warning about such a pattern is expected.",
         f"pattern read {topics.prefix}/edge/#",
+        f"pattern read {topics.prefix}/serve/#",
         "",
     ]
     return "\n".join(lines)

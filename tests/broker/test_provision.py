@@ -24,7 +24,14 @@ from broker.provision import (
     render_setup,
 )
 from schemas.config_file import toml_value
-from schemas.topics import DEVICE_TO_EDGE, EDGE_TO_DEVICE, DeviceChannel
+from schemas.topics import (
+    DEVICE_TO_EDGE,
+    EDGE_TO_DEVICE,
+    SERVE_DEVICE_READS,
+    SERVE_DEVICE_WRITES,
+    DeviceChannel,
+    ServeChannel,
+)
 from transport import MqttSettings
 
 
@@ -157,8 +164,9 @@ def test_acl_gives_each_party_what_the_protocol_needs():
         ("read", "$SYS/#"),
     ]
     patterns = rules[""]
-    writes = {t for a, t in patterns if a == "write"}
-    reads = {t for a, t in patterns if a == "read"}
+    serving = {t for _, t in patterns if "/serve" in t}
+    writes = {t for a, t in patterns if a == "write"} - serving
+    reads = {t for a, t in patterns if a == "read"} - serving
     assert writes == {f"site/ares/dev/%u/{c.value}" for c in DEVICE_TO_EDGE}
     own_status = "site/ares/dev/%u/status"  # read back to correct a stale offline
     assert reads == {f"site/ares/dev/%u/{c.value}" for c in EDGE_TO_DEVICE} | {
@@ -167,6 +175,16 @@ def test_acl_gives_each_party_what_the_protocol_needs():
     }
     # Every channel is covered once in the direction the contract says (status: both ways).
     assert len(writes) + len(reads) - 2 == len(DeviceChannel)
+    # Serving: the device's channels as the contract says; its application (as the device)
+    # writes requests and reads answers; the serving edge's status and plan for all.
+    serve_writes = {t for a, t in patterns if a == "write" and t in serving}
+    serve_reads = {t for a, t in patterns if a == "read" and t in serving}
+    assert serve_writes == {
+        f"site/ares/dev/%u/{c.value}" for c in (*SERVE_DEVICE_WRITES, ServeChannel.REQUEST)
+    }
+    assert serve_reads == {
+        f"site/ares/dev/%u/{c.value}" for c in (*SERVE_DEVICE_READS, ServeChannel.ANSWER)
+    } | {"site/ares/serve/#"}
     # The device's MQTT will and retained status need write on status.
     assert "site/ares/dev/%u/status" in writes
     assert not any(a == "readwrite" for a, _ in patterns)

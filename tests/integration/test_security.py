@@ -35,6 +35,7 @@ from device_agent import DeviceAgent, DeviceSettings
 from edge_service import EdgeService, EdgeSettings, RunReport
 from schemas import ActivationMeta, DeviceChannel, Topics, encode_frame, to_meta
 from schemas.config_file import load_settings
+from schemas.topics import ServeChannel
 from tests.integration.helpers import device_settings, edge_settings, train
 from transport import MqttLink, MqttSettings
 
@@ -303,6 +304,18 @@ async def test_a_device_cannot_publish_as_another(secured: Secured):
     own = [TOPICS.device(INSPECTOR_USER, c) for c in (DeviceChannel.HELLO, DeviceChannel.ACT)]
     reasons = await asyncio.to_thread(puback_reasons, s, INSPECTOR_USER, [act["dev-0"], *own])
     assert reasons == [PUBACK_NOT_AUTHORIZED] * 3
+
+
+async def test_a_serving_device_is_confined_to_its_own_serving_topics(secured: Secured):
+    """A device (and its application, logged in as it) publishes its own requests, answers
+    and activations; never another device's, nor the serving edge's results and plans."""
+    channels = (ServeChannel.REQUEST, ServeChannel.ANSWER, ServeChannel.ACT)
+    others = [TOPICS.device("dev-1", c) for c in channels]
+    forged = [TOPICS.device("dev-0", ServeChannel.RESULT), TOPICS.serve_plan]
+    own = [TOPICS.device("dev-0", c) for c in channels]
+    reasons = await asyncio.to_thread(puback_reasons, secured, "dev-0", [*others, *forged, *own])
+    assert reasons[:5] == [PUBACK_NOT_AUTHORIZED] * 5
+    assert all(reason < 0x80 for reason in reasons[5:])
 
 
 async def test_a_device_cannot_read_another_devices_traffic(secured: Secured):
