@@ -34,9 +34,8 @@ from schemas.messages import (
 )
 
 # A request id: what the application chose (a folder's file name, for files a camera drops).
-RequestId = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
+ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"  # printable, at most 200 characters
+RequestId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Cut = Annotated[int, Field(ge=0)]  # 0: the raw input goes to the edge; L: all on the device
 Position = Annotated[int, Field(ge=1)]  # an exit reads the activation at this cut
 Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
@@ -111,7 +110,7 @@ def parse_request(payload: bytes | bytearray, *, max_bytes: int) -> ParsedReques
     is_json = payload[:1] in (b"{", b" ", b"\n", b"\t", b"\r")
     if len(payload) > max_bytes:
         found = _JSON_ID.search(payload[:_PEEK_BYTES]) if is_json else None
-        request_id = found.group(1).decode(errors="replace") if found else _frame_id(payload)
+        request_id = found.group(1).decode(errors="replace") if found else frame_request_id(payload)
         raise RequestError(
             "too_large", f"{len(payload)} bytes; the limit is {max_bytes}", request_id
         )
@@ -125,8 +124,9 @@ _PEEK_BYTES = 1024
 _JSON_ID = re.compile(rb'"id"\s*:\s*"([^"\\\x00-\x1f]{1,200})"')
 
 
-def _frame_id(payload: bytes | bytearray) -> str | None:
-    """The id in a frame's meta (decoding a frame copies no tensor data), if it has one."""
+def frame_request_id(payload: bytes | bytearray) -> str | None:
+    """The request id in a frame's meta, if it has a usable one, whatever else is wrong with
+    it (decoding a frame copies no tensor data)."""
     try:
         return _usable_id(decode_frame(payload, max_bytes=len(payload)).meta.get("id"))
     except CodecError:
@@ -134,7 +134,11 @@ def _frame_id(payload: bytes | bytearray) -> str | None:
 
 
 def _usable_id(found: object) -> str | None:
-    return found if isinstance(found, str) and 0 < len(found) <= 200 else None
+    """``found`` if it could be a request id (for an error answer to name it)."""
+    return found if isinstance(found, str) and _ID.fullmatch(found) else None
+
+
+_ID = re.compile(ID_PATTERN)
 
 
 def _json_request(payload: bytes | bytearray) -> ParsedRequest:

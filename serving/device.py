@@ -211,6 +211,8 @@ class ServingDevice(LinkService):
             return
         channel = parsed[1]
         if channel is ServeChannel.REQUEST:
+            if not message.payload:
+                return  # a cleared retained request
             received = asyncio.get_running_loop().time()
             self._background.spawn(self._serve_message(message.payload, received))
         elif channel is ServeChannel.RESULT:

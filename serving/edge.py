@@ -21,7 +21,6 @@ drains its publishes within a bound.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -46,6 +45,7 @@ from schemas.serving import (
     ServePlanMessage,
     ServeResult,
     ServeTelemetry,
+    frame_request_id,
 )
 from schemas.topics import ServeChannel
 from serving.artifact import ModelArtifact, read_artifact
@@ -270,7 +270,7 @@ class ServeEdge(LinkService):
         log.warning("rejected %s/%s: %s", device_id, channel.value, exc)
         if channel is not ServeChannel.ACT:
             return
-        request_id = _request_id(message.payload)
+        request_id = frame_request_id(message.payload)
         if request_id is None:
             return
         result = ServeResult(
@@ -343,11 +343,13 @@ class ServeEdge(LinkService):
                 self.counters["planning_errors"] += 1
                 log.exception("planning failed: %s", exc)
                 continue
-            if plan is None:
-                continue
+            if plan is None and (not self.plans or not self.plans[-1].devices):
+                continue  # nothing to plan for, and the plan in force says so already
             online = self.fleet.online()
-            inputs = {d: planner.inputs_line(self.fleet, d) for d in online if d in plan.settings}
-            message = plan_message(self.session, planner, plan, inputs, "; ".join(reasons))
+            planned = plan.settings if plan is not None else {}
+            inputs = {d: planner.inputs_line(self.fleet, d) for d in online if d in planned}
+            why = "; ".join(reasons)
+            message = plan_message(self.session, planner, plan, inputs, why, len(self.plans) + 1)
             self.plans.append(message)
             log.info(
                 "serving plan %d (%s): %s",
@@ -358,7 +360,7 @@ class ServeEdge(LinkService):
                 ),
             )
             await self._publish_quietly(self.topics.serve_plan, to_json(message), retain=True)
-            for assignment in plan.assignments:
+            for assignment in plan.assignments if plan is not None else ():
                 ctrl = ctrl_message(
                     self.session, artifact.fingerprint, assignment, planner.model.num_blocks
                 )
@@ -415,12 +417,3 @@ class ServeEdge(LinkService):
 def _check_sender(device_id: str, claimed: str) -> None:
     if claimed != device_id:
         raise Refused("id_mismatch", f"payload claims device {claimed!r}")
-
-
-def _request_id(payload: bytes) -> str | None:
-    """The request id of an activation frame that was refused, if it can be read."""
-    with contextlib.suppress(CodecError):
-        found = decode_frame(payload).meta.get("id")
-        if isinstance(found, str) and 0 < len(found) <= 200:
-            return found
-    return None

@@ -94,7 +94,6 @@ class ServePlanner:
         self.previous: dict[str, Setting] = {}
         # Per device, what its entry was planned with: (uplink bit/s, observed exit fraction).
         self.basis: dict[str, tuple[float, float | None]] = {}
-        self.version = 0
 
     def fits(self, record: ServingRecord) -> str | None:
         """Why a device's hello cannot be planned for (another model), or None."""
@@ -156,7 +155,6 @@ class ServePlanner:
                 device.uplink_bps,
                 observed.fraction if observed else None,
             )
-        self.version += 1
         return plan
 
     def _device(self, fleet: Fleet, device_id: str, record: ServingRecord) -> ServingDevice:
@@ -211,11 +209,20 @@ def ctrl_message(
 def plan_message(
     session: str,
     planner: ServePlanner,
-    plan: InferencePlan,
+    plan: InferencePlan | None,
     inputs: Mapping[str, str],
     reason: str,
+    version: int,
 ) -> ServePlanMessage:
-    """The retained plan: every device's entry and why."""
+    """The retained plan, the session's ``version``-th: every device's entry and why (none: no
+    device to plan for)."""
+    settings = planner.settings
+    if plan is None:
+        return ServePlanMessage(
+            session=session, version=version, policy=settings.policy,
+            alpha=settings.alpha, accuracy_floor=settings.accuracy_floor,
+            full_accuracy=planner.table.full_accuracy, devices={}, reason=reason,
+        )  # fmt: skip
     blocks = planner.model.num_blocks
     devices = {}
     for a in plan.assignments:
@@ -233,8 +240,8 @@ def plan_message(
         )
     return ServePlanMessage(
         session=session,
-        version=planner.version,
-        policy=planner.settings.policy,
+        version=version,
+        policy=settings.policy,
         alpha=plan.alpha,
         accuracy_floor=plan.accuracy_floor,
         full_accuracy=plan.full_accuracy,
