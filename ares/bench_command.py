@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from experiments.options import POLICIES, QUICK_BATCHES, QUICK_ROUNDS, BenchOptions
 from experiments.runner import bench
-from testbed.scenario import load_scenario, shipped_scenarios
+from testbed.scenario import check_model_name, load_scenario, shipped_scenarios
 
 if TYPE_CHECKING:
     from ares.demo import RunResult
@@ -39,6 +39,12 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="a scenario file, or a shipped scenario: " + ", ".join(shipped_scenarios()),
     )
     parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument(
+        "--model",
+        help="train this model instead of the scenario's: a registered one (vgg5, mobilenetv2, "
+        "resnet18, ...) or package.module:callable; emulated boards price it from its FLOPs "
+        "and bytes per block",
+    )
     parser.add_argument(
         "--policies", help=f"comma-separated, in running order (default {','.join(POLICIES)})"
     )
@@ -99,8 +105,15 @@ def bench_options(args: argparse.Namespace) -> BenchOptions:
             raise ValueError(f"{name} must be at least 1, got {number}")
     if args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout:g}")
+    scenario = load_scenario(args.scenario)
+    if args.model is not None:
+        try:
+            check_model_name(args.model)
+        except ValueError as exc:
+            raise ValueError(f"--model: {exc}") from None
+        scenario = scenario.model_copy(update={"model": args.model})
     return BenchOptions(
-        scenario=load_scenario(args.scenario),
+        scenario=scenario,
         out=args.out,
         policies=policies,
         rounds=args.rounds,

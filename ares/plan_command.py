@@ -33,7 +33,8 @@ from planner import (
     plan_for_cuts,
     solve,
 )
-from planner.inputs import plan_inputs_from_dict
+from planner.inputs import BuiltModel, plan_inputs_from_dict
+from planner.plan_document import NamedModel
 from schemas.documents import DocumentError, read_document
 from schemas.errors import AresError
 from testbed.scenario import (
@@ -176,9 +177,23 @@ def _what_if(data: Any, args: argparse.Namespace) -> Any:
 
 def _table(name: str, data: Any) -> CostTable:
     try:
-        return plan_inputs_from_dict(data).table()
+        return plan_inputs_from_dict(data, resolve_model=build_model).table()
     except PlanningError as exc:
         raise PlanCommandError(f"{name}: {exc}") from exc
+
+
+def build_model(section: NamedModel, batch_size: int) -> BuiltModel:
+    """A plan document's model by name, built here: its sizes and what its blocks compute and
+    move (torch loads only for such a document)."""
+    from splitnn.errors import SplitError
+    from splitnn.models import ModelSpec
+    from testbed.block_costs import block_costs, model_profile
+
+    try:
+        spec = ModelSpec(section.name, section.input_shape, section.num_classes)
+        return BuiltModel(model_profile(spec, batch_size), block_costs(spec))
+    except SplitError as exc:
+        raise PlanningError("model", str(exc)) from None
 
 
 def example_names() -> list[str]:
@@ -216,12 +231,24 @@ def load_document(spec: str) -> tuple[str, Any]:
 def scenario_document(scenario: Scenario) -> dict[str, Any]:
     """The plan document for a scenario's devices as its run starts, on the boards' own clock.
 
-    Each emulated board is the planner's built-in one (both come from the paper's figures), on
-    the link rate its schedule starts with, training the samples a round of the scenario
-    processes; the edge is the paper's. The scenario's time scale only speeds the emulation up,
-    so it plays no part.
+    Each emulated board is the planner's built-in one (both come from the paper's figures, and
+    price a model other than the paper's VGG5 alike: planner.compute), on the link rate its
+    schedule starts with, training the samples a round of the scenario processes; the edge is
+    the paper's. The model is the planner's VGG5 profile where the scenario trains VGG5 on
+    CIFAR-shaped data, else named with the input the scenario's dataset gives it. The
+    scenario's time scale only speeds the emulation up, so it plays no part.
     """
+    from splitnn.datasets import load_dataset
+
     samples = samples_per_round(scenario, seed=0, batches_per_round=scenario.batches_per_round)
+    train = load_dataset(scenario.dataset, "train", data_dir=scenario.data_dir, seed=0)
+    model: str | dict[str, Any] = scenario.model
+    if (scenario.model, train.input_shape, train.num_classes) != ("vgg5", (3, 32, 32), 10):
+        model = {
+            "name": scenario.model,
+            "input_shape": list(train.input_shape),
+            "num_classes": train.num_classes,
+        }
     devices = []
     for device in scenario.devices:
         downlink = device.uplink if device.downlink is None else device.downlink
@@ -236,7 +263,7 @@ def scenario_document(scenario: Scenario) -> dict[str, Any]:
             entry["battery_pct"] = device.battery_pct
         devices.append(entry)
     return {
-        "model": scenario.model,
+        "model": model,
         "batch_size": scenario.batch_size,
         "wire_dtype": scenario.wire_dtype,
         "server": "paper-edge",

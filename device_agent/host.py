@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from device_agent.ports import BatteryReading, Environment, HostTimings, Pace, PowerReading
+from device_agent.ports import BatteryReading, Environment, Pace, PowerReading
 from device_agent.sensors import read_battery, read_board_power
 from schemas import ModelInfo, PowerFigures
 from transport.shaping import LinkShaper
@@ -21,11 +21,8 @@ class HostBoard:
     def power(self) -> PowerFigures | None:
         return None
 
-    def reference(self, model: str) -> tuple[ModelInfo, int] | None:
-        return None
-
-    def calibrate(self, reference: HostTimings) -> None:
-        """Nothing to calibrate: the host is its own reference."""
+    def prepare(self, model: ModelInfo) -> None:
+        """Nothing to prepare: the host's times are its own."""
 
     def block_times(
         self, forward_s: tuple[float, ...], backward_s: tuple[float, ...], batch: int, model: str

@@ -83,13 +83,10 @@ class Board(Protocol):
         """The board's power figures (None: not declared)."""
         ...
 
-    def reference(self, model: str) -> tuple[ModelInfo, int] | None:
-        """The model and batch size whose host timings :meth:`calibrate` needs before ``model``
-        can be paced; None when nothing is needed."""
-        ...
-
-    def calibrate(self, reference: HostTimings) -> None:
-        """Take this host's timings of :meth:`reference`'s model and batch size."""
+    def prepare(self, model: ModelInfo) -> None:
+        """Get ready to pace ``model`` and give its :meth:`block_times` (an emulated board counts
+        what the model's blocks compute; may take a fraction of a second: call it off the event
+        loop). Called before the model's first profile or round; again is cheap."""
         ...
 
     def block_times(

@@ -395,7 +395,7 @@ class DeviceSession(Generic[TrainerT]):
         tally = RoundTally()
         try:
             await self.trainer.start_round(start, frame.tensors)
-            await self._calibrate(start.model.name)
+            await self._prepare_board(start.model)
             await self._publish_status("training", round_no)
             log.info("%s: round %d, cut %d, %d batches", self.device_id, round_no, start.cut,
                      train.batches)  # fmt: skip
@@ -576,7 +576,7 @@ class DeviceSession(Generic[TrainerT]):
         if known is None or (known.host.model, known.host.batch_size) != (model.name, batch_size):
             measured = await self.trainer.profile(model, batch_size, urgent=True)
             board = self.environment.board
-            await self._calibrate(model.name)
+            await self._prepare_board(model)
             host = ComputeProfile(
                 model=model.name, batch_size=batch_size,
                 forward_s=measured.forward_s, backward_s=measured.backward_s,
@@ -596,12 +596,10 @@ class DeviceSession(Generic[TrainerT]):
                      batch_size)  # fmt: skip
         await self._publish_telemetry()
 
-    async def _calibrate(self, model: str) -> None:
-        """Give the board the host timings it needs to pace ``model``, if any (once)."""
-        board = self.environment.board
-        reference = board.reference(model)
-        if reference is not None:
-            board.calibrate(await self.trainer.profile(*reference))
+    async def _prepare_board(self, model: ModelInfo) -> None:
+        """Let the board get ready to pace ``model`` (off the event loop: it may count the
+        model's costs with torch)."""
+        await asyncio.to_thread(self.environment.board.prepare, model)
 
     async def _publish_telemetry(
         self, round_no: int | None = None, tally: RoundTally | None = None

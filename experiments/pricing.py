@@ -35,8 +35,9 @@ def choose_sl_cut(options: BenchOptions) -> SlChoice:
 
     Priced the way the edge prices a plan (:class:`edge_service.planning.SplitPlanner`, the same
     objective and normalisation by federated learning), from what the edge would know after
-    registration: each emulated board's compute profile (its per-block times, computed from this
-    host's as the agent does), its power figures, this host's per-block times for the edge's
+    registration: each emulated board's compute profile (its per-block times, as the agent
+    reports them: the paper's for VGG5, else the model's block costs at the board's fitted
+    rates), its power figures, this host's per-block times for the edge's
     part, the scenario's initial link rates and each device's samples per round. Only cuts
     below L are candidates: at L nothing is split.
     """
@@ -119,7 +120,7 @@ def scenario_plan_inputs(
     from device_agent.settings import DeviceSettings
     from edge_service.planning import DeviceReadings, PlanDefaults
     from edge_service.settings import EdgeSettings
-    from schemas import ComputeProfile
+    from schemas import ComputeProfile, ModelInfo
     from splitnn.datasets import load_dataset
     from splitnn.models import ModelSpec, num_blocks
     from splitnn.profiling import profile_blocks
@@ -130,7 +131,8 @@ def scenario_plan_inputs(
     torch.set_num_threads(1)
     host = profile_blocks(spec, scenario.batch_size)
     samples = samples_per_round(scenario, seed=seed, batches_per_round=batches_per_round)
-    emulations: dict[str, Emulation] = {}  # per board: preparing one may profile the host
+    info = ModelInfo(name=spec.name, input_shape=spec.input_shape, num_classes=spec.num_classes)
+    emulations: dict[str, Emulation] = {}  # per board
     readings = {}
     for device in scenario.devices:
         emulation = emulations.get(device.profile)
@@ -140,7 +142,7 @@ def scenario_plan_inputs(
                     device_id=device.id, profile=device.profile, time_scale=scenario.time_scale
                 )
             )
-            emulation.prepare(spec.name)
+            emulation.prepare(info)  # as the agent does before it reports its profile
             emulations[device.profile] = emulation
         forward, backward = emulation.block_times(
             host.forward_s, host.backward_s, scenario.batch_size, spec.name

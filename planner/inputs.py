@@ -52,6 +52,21 @@ batch of its ``batch_size`` samples, computed as float32 (4 bytes per element)::
       param_memory_factor: 3                  # optional, default 3 (weights, gradients, momentum)
       num_blocks: 5                           # optional; must match the lists when given
 
+A model by name: any registered model (``mobilenetv2``, ``resnet18``, ...) or your own as
+``package.module:callable``, with the input it takes; building it (torch, outside the planner:
+``ares plan`` passes ``resolve_model``) gives its sizes and what each block computes and moves::
+
+    model:
+      name: mobilenetv2                       # required
+      input_shape: [3, 32, 32]                # required: one sample (C, H, W), or (C, T) for series
+      num_classes: 10                         # required
+      batch_size: 100                         # optional; the document's batch_size overrides it,
+                                              # default 100
+
+Built-in boards and the built-in server price such a model at the rates fitted to their VGG5
+times (:mod:`planner.compute`: FLOPs and bytes per block); VGG5 itself (on 3 x 32 x 32, 10
+classes) keeps the measured times.
+
 Scaling rules, and why:
 
 - ``wire_dtype`` scales what crosses the link, activations up and gradients down, by the dtype's
@@ -73,12 +88,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from planner.compute import BlockCosts
 from planner.cost import CostTable, cost_table, memory_needed_bytes
 from planner.errors import PlanningError
 from planner.paper import BATCH_SIZE as PAPER_BATCH_SIZE
 from planner.paper import (
     NANO_MODES,
     NanoMode,
+    board_compute,
     edge_server,
     jetson_nano,
     raspberry_pi,
@@ -89,6 +106,7 @@ from planner.plan_document import (
     DeviceDefaults,
     ExplicitDevice,
     ModelSizes,
+    NamedModel,
     ServerTimes,
     parse_plan_document,
 )
@@ -101,6 +119,8 @@ __all__ = [
     "BUILTIN_MODELS",
     "BUILTIN_SERVERS",
     "WIRE_DTYPE_BYTES",
+    "BuiltModel",
+    "ModelResolver",
     "PlanInputs",
     "plan_inputs_from_dict",
 ]
@@ -152,6 +172,19 @@ BUILTIN_SERVERS: Mapping[str, Callable[[], ServerProfile]] = MappingProxyType(
 
 
 @dataclass(frozen=True, slots=True)
+class BuiltModel:
+    """A model by name, as the caller built it: its sizes at the plan's batch and its costs."""
+
+    profile: ModelProfile
+    costs: BlockCosts
+
+
+# (the document's model section, the plan's batch size) -> the model built; problems raise
+# PlanningError with the field's path ("model.name: ...").
+ModelResolver = Callable[[NamedModel, int], BuiltModel]
+
+
+@dataclass(frozen=True, slots=True)
 class PlanInputs:
     """Everything :func:`planner.cost_table` needs, validated."""
 
@@ -171,12 +204,31 @@ class _Context:
     # Factor applied to the paper's per-batch-of-100 times (see the module docstring).
     builtin_time_scale: float
     memory_need: tuple[int, ...]
+    batch_size: int
+    costs: BlockCosts | None  # a model by name: built-in boards price it from these
+
+    def builtin_times(
+        self, board: DeviceProfile | ServerProfile
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """A built-in board's (or server's) per-block times for the plan's model and batch."""
+        if self.costs is not None:
+            return board_compute(board).block_times(self.costs, self.batch_size)
+        return (
+            _scaled(board.forward_s, self.builtin_time_scale),
+            _scaled(board.backward_s, self.builtin_time_scale),
+        )
 
 
-def plan_inputs_from_dict(data: object) -> PlanInputs:
-    """Validate a parsed plan document (see the module docstring) and build its profiles."""
+def plan_inputs_from_dict(
+    data: object, *, resolve_model: ModelResolver | None = None
+) -> PlanInputs:
+    """Validate a parsed plan document (see the module docstring) and build its profiles.
+
+    ``resolve_model`` builds a model given by name (torch, so the caller's: ``ares plan`` passes
+    one); without it such a document is a PlanningError.
+    """
     document = parse_plan_document(data)
-    model = _model(document.model, document.batch_size)
+    model, costs = _model(document.model, document.batch_size, resolve_model)
     model = dataclasses.replace(
         _cast_wire(model, WIRE_DTYPE_BYTES[document.wire_dtype]),
         sync_weights=document.sync_weights,
@@ -185,6 +237,8 @@ def plan_inputs_from_dict(data: object) -> PlanInputs:
         num_blocks=model.num_blocks,
         builtin_time_scale=model.batch_size / PAPER_BATCH_SIZE,
         memory_need=memory_needed_bytes(model),
+        batch_size=model.batch_size,
+        costs=costs,
     )
     server = _server(document.server, context)
     defaults = document.defaults or DeviceDefaults()
@@ -203,9 +257,20 @@ def plan_inputs_from_dict(data: object) -> PlanInputs:
 # --- model and server -------------------------------------------------------------------------
 
 
-def _model(spec: str | ModelSizes, batch: int | None) -> ModelProfile:
+def _model(
+    spec: str | NamedModel | ModelSizes, batch: int | None, resolve: ModelResolver | None
+) -> tuple[ModelProfile, BlockCosts | None]:
     if isinstance(spec, str):
-        return _builtin(BUILTIN_MODELS, spec, "model")(PAPER_BATCH_SIZE if batch is None else batch)
+        size = PAPER_BATCH_SIZE if batch is None else batch
+        if spec not in BUILTIN_MODELS:
+            raise PlanningError(
+                "model",
+                f"unknown name {spec!r}; built-in: {', '.join(sorted(BUILTIN_MODELS))} (any other "
+                "model by name: {name: ..., input_shape: [...], num_classes: ...})",
+            )
+        return BUILTIN_MODELS[spec](size), None
+    if isinstance(spec, NamedModel):
+        return _named(spec, batch, resolve)
     model = ModelProfile(
         num_blocks=len(spec.activation_bytes),
         activation_bytes=spec.activation_bytes,
@@ -216,7 +281,19 @@ def _model(spec: str | ModelSizes, batch: int | None) -> ModelProfile:
         label_bytes=spec.label_bytes,
         param_memory_factor=spec.param_memory_factor,
     )
-    return model if batch is None else _rebatch(model, batch)
+    return (model if batch is None else _rebatch(model, batch)), None
+
+
+def _named(
+    spec: NamedModel, batch: int | None, resolve: ModelResolver | None
+) -> tuple[ModelProfile, BlockCosts]:
+    if resolve is None:
+        raise PlanningError("model", f"{spec.name!r}: a model by name needs building (ares plan)")
+    size = batch if batch is not None else spec.batch_size or PAPER_BATCH_SIZE
+    built = resolve(spec, size)
+    if built.profile.batch_size != size or built.profile.num_blocks != built.costs.num_blocks:
+        raise PlanningError("model", f"{spec.name!r} was built inconsistently")  # a caller's bug
+    return built.profile, built.costs
 
 
 def _rebatch(model: ModelProfile, batch: int) -> ModelProfile:
@@ -257,11 +334,10 @@ def _ratio(sizes: Sequence[int], numerator: int, denominator: int) -> tuple[int,
 def _server(spec: str | ServerTimes, context: _Context) -> ServerProfile:
     if isinstance(spec, str):
         server = _builtin(BUILTIN_SERVERS, spec, "server")()
-        _check_blocks(server.num_blocks, context, "server", f"{spec!r}")
-        return ServerProfile(
-            forward_s=_scaled(server.forward_s, context.builtin_time_scale),
-            backward_s=_scaled(server.backward_s, context.builtin_time_scale),
-        )
+        if context.costs is None:
+            _check_blocks(server.num_blocks, context, "server", f"{spec!r}")
+        forward, backward = context.builtin_times(server)
+        return ServerProfile(forward_s=forward, backward_s=backward)
     return ServerProfile(
         forward_s=_times(spec.forward_s, "server.forward_s", context),
         backward_s=_times(spec.backward_s, "server.backward_s", context),
@@ -351,12 +427,14 @@ def _base_profile(
         )
     builder = _builtin(BUILTIN_DEVICES, entry.profile, f"{path}.profile")
     board = builder(entry.id, samples, uplink_bps, downlink_bps, battery_fraction)
-    _check_blocks(board.num_blocks, context, f"{path}.profile", f"{entry.profile!r}")
+    if context.costs is None:
+        _check_blocks(board.num_blocks, context, f"{path}.profile", f"{entry.profile!r}")
     overrides = {} if entry.power is None else entry.power.model_dump(exclude_none=True)
+    forward, backward = context.builtin_times(board)
     return dataclasses.replace(
         board,
-        forward_s=_scaled(board.forward_s, context.builtin_time_scale),
-        backward_s=_scaled(board.backward_s, context.builtin_time_scale),
+        forward_s=forward,
+        backward_s=backward,
         power=board.power.model_copy(update=overrides),
     )
 

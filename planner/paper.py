@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from planner.compute import BlockCosts, BoardCompute
 from planner.profiles import DeviceProfile, ModelProfile, ServerProfile, per_block_from_cumulative
 from schemas import PowerFigures
 
@@ -33,7 +34,9 @@ __all__ = [
     "NANO_MAXN_POWER",
     "NANO_MODES",
     "PI_POWER",
+    "VGG5_COSTS",
     "NanoMode",
+    "board_compute",
     "edge_server",
     "jetson_nano",
     "paper_testbed",
@@ -66,6 +69,15 @@ VGG5_PARAM_FLOATS = (
 # Tensors each entry keeps for backward, in multiples of its output: conv, BN and ReLU outputs;
 # max-pool output plus int64 indices (2 floats' worth); fc1 output and ReLU; fc2 output.
 VGG5_SAVED_OUTPUTS = (3, 3, 3, 3, 3, 2, 1)
+
+# What each VGG5 block computes and moves, as testbed.block_costs counts it on the model (a test
+# checks the two agree): the paper's boards are fitted to these (planner.compute). Block 0:
+# 3x3x3 kernels at 32x32x32 outputs (884,736) plus BatchNorm's and ReLU's one per element each.
+VGG5_COSTS = BlockCosts(
+    flops=(950272, 32768, 4751360, 16384, 2367488, 524416, 1280),
+    moved_bytes=(667648, 163840, 360448, 81920, 98304, 17920, 552),
+    param_bytes=(4104, 0, 75016, 0, 148744, 2097664, 5160),
+)
 
 NANO_MAXN_FORWARD_CUMULATIVE = (0.0094, 0.0150, 0.0199, 0.0202, 0.0431, 0.1071, 0.1238)
 NANO_MAXN_BACKWARD_CUMULATIVE = (0.0192, 0.0117, 0.0165, 0.0285, 0.0226, 0.0901, 0.0812)
@@ -189,6 +201,12 @@ def paper_testbed(
         ),
     )
     return devices, edge_server(), vgg5_model()
+
+
+def board_compute(board: DeviceProfile | ServerProfile) -> BoardCompute:
+    """A built-in board's (or the edge's) compute: its VGG5 times at batch 100 and the rates
+    fitted to them, which price any other model's blocks (see planner.compute)."""
+    return BoardCompute(board.forward_s, board.backward_s, VGG5_COSTS, BATCH_SIZE)
 
 
 def _scaled(cumulative: tuple[float, ...], factor: float) -> tuple[float, ...]:

@@ -34,6 +34,7 @@ __all__ = [
     "DeviceDefaults",
     "ExplicitDevice",
     "ModelSizes",
+    "NamedModel",
     "PlanDocument",
     "Power",
     "PowerOverride",
@@ -54,7 +55,8 @@ Times = tuple[NonNegative, ...]  # one per block: planner.inputs checks the coun
 _BUILTIN = "builtin"
 _EXPLICIT = "explicit"
 _BOARD = "board"
-_TAGS = frozenset({_BUILTIN, _EXPLICIT, _BOARD})
+_NAMED = "named"
+_TAGS = frozenset({_BUILTIN, _EXPLICIT, _BOARD, _NAMED})
 
 
 class _Section(BaseModel):
@@ -152,6 +154,16 @@ class ModelSizes(_Section):
         return self
 
 
+class NamedModel(_Section):
+    """A model by name (registered, or ``package.module:callable``) with the input it takes:
+    its sizes and costs come from building it (outside the planner, which imports no torch)."""
+
+    name: Name
+    input_shape: Annotated[tuple[Count, ...], Field(min_length=1)]
+    num_classes: Annotated[int, Field(strict=True, ge=2)]
+    batch_size: Count | None = None
+
+
 class ServerTimes(_Section):
     """The edge server's seconds per batch of each block."""
 
@@ -163,13 +175,23 @@ def _name_or(value: Any) -> str:
     return _BUILTIN if isinstance(value, str) else _EXPLICIT
 
 
+def _model_kind(value: Any) -> str:
+    # A map of sizes with a stray ``name`` stays one (and the key is reported as unknown).
+    if isinstance(value, Mapping) and "name" in value and "activation_bytes" not in value:
+        return _NAMED
+    return _name_or(value)
+
+
 def _board_or(value: Any) -> str:
     return _BOARD if isinstance(value, Mapping) and "profile" in value else _EXPLICIT
 
 
 # A built-in name or a mapping; a device with a profile or with its own times and power.
 ModelSpec = Annotated[
-    Annotated[Name, Tag(_BUILTIN)] | Annotated[ModelSizes, Tag(_EXPLICIT)], Discriminator(_name_or)
+    Annotated[Name, Tag(_BUILTIN)]
+    | Annotated[NamedModel, Tag(_NAMED)]
+    | Annotated[ModelSizes, Tag(_EXPLICIT)],
+    Discriminator(_model_kind),
 ]
 ServerSpec = Annotated[
     Annotated[Name, Tag(_BUILTIN)] | Annotated[ServerTimes, Tag(_EXPLICIT)],

@@ -22,7 +22,7 @@ from torch import nn
 from splitnn.errors import SplitError
 from splitnn.models import ModelSpec, build_model, cut_shapes
 
-__all__ = ["BlockProfile", "cumulative", "profile_blocks", "scale_profile"]
+__all__ = ["BlockProfile", "cumulative", "profile_blocks", "saved_bytes", "scale_profile"]
 
 _TIME_FIELDS = ("forward_s", "backward_s")
 _SIZE_FIELDS = ("activation_bytes", "param_bytes", "activation_memory_bytes")
@@ -155,7 +155,7 @@ def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
     return (str(tensor.device), tensor.untyped_storage().data_ptr())
 
 
-def _saved_bytes(block: nn.Module, inp: torch.Tensor) -> int:
+def saved_bytes(block: nn.Module, inp: torch.Tensor) -> int:
     """Bytes of the distinct storages ``block`` keeps alive for backward, plus its output.
 
     Measured with saved-tensor hooks on one forward pass. Not counted: the block's own input
@@ -283,7 +283,7 @@ def profile_blocks(
                     forward[i].append(mid - start)
                     backward[i].append(end - mid)
 
-        memory = tuple(_saved_bytes(block, inp) for block, inp in zip(blocks, inputs, strict=True))
+        memory = tuple(saved_bytes(block, inp) for block, inp in zip(blocks, inputs, strict=True))
         model.zero_grad(set_to_none=True)
 
     return BlockProfile(

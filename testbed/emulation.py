@@ -2,7 +2,9 @@
 
 :class:`Emulation` implements the agent's ports (``device_agent.ports``) for the device its
 settings describe. The real computation always runs; each compute phase is then padded to the
-time the emulated device would take (testbed.profiles), an emulated battery is drained by the
+time the emulated device would take (testbed.profiles: the paper's figures for its VGG5, and for
+any other model what its blocks compute and move at the board's fitted rates, the same on every
+host), an emulated battery is drained by the
 energy the cost model accounts, and, where links are not shaped by tc, a token bucket shapes the
 agent's own traffic along the link's bandwidth schedule. If the host is slower than the emulated
 device the agent says so (``behind_s``) instead of reporting times it did not achieve.
@@ -15,28 +17,19 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
 
 from device_agent.host import host_environment
-from device_agent.ports import BatteryReading, Environment, HostTimings, Pace
+from device_agent.ports import BatteryReading, Environment, Pace
 from device_agent.settings import DeviceSettings
+from planner.compute import BlockCosts
 from planner.energy import device_energy_j
 from schemas import ModelInfo, PowerFigures
 from splitnn.models import ModelSpec
-from splitnn.profiling import profile_blocks
 from testbed.battery import EmulatedBattery
+from testbed.block_costs import block_costs
 from testbed.profiles import ComputePacer, Phase, get_profile, pad
 from testbed.schedule import RateSchedule, parse_schedule
 from transport.shaping import LinkShaper
-
-# A model's per-block (forward, backward) seconds per batch on this host.
-HostProfiler = Callable[[ModelSpec, int], tuple[tuple[float, ...], tuple[float, ...]]]
-
-
-def _profile(spec: ModelSpec, batch: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    measured = profile_blocks(spec, batch)
-    return measured.forward_s, measured.backward_s
-
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +43,7 @@ class Emulation:
         self.profile = get_profile(settings.profile)
         self.time_scale = settings.time_scale
         self._pacer = ComputePacer(self.profile, time_scale=settings.time_scale)
+        self._costs: dict[str, BlockCosts] = {}  # by model name, as paces and profiles name it
         self.battery = (
             EmulatedBattery(settings.battery_wh, settings.battery_pct)
             if settings.battery_wh
@@ -89,38 +83,21 @@ class Emulation:
     def power(self) -> PowerFigures | None:
         return self.profile.power
 
-    def reference(self, model: str) -> tuple[ModelInfo, int] | None:
-        """The profile's reference model and batch, if pacing ``model`` needs the host's
-        timings of them (another model, before :meth:`calibrate`)."""
-        if not self.emulates_compute or self._pacer.can_pace(model):
-            return None
-        info = ModelInfo(name=self.profile.reference_model, input_shape=(3, 32, 32), num_classes=10)
-        return info, self.profile.reference_batch
+    def prepare(self, model: ModelInfo) -> None:
+        """Count what ``model``'s blocks compute and move, to pace it (torch: a fraction of a
+        second, once per architecture and input shape)."""
+        if self.emulates_compute:
+            self._costs[model.name] = block_costs(ModelSpec.of(model))
 
-    def calibrate(self, reference: HostTimings) -> None:
-        self._pacer = ComputePacer(
-            self.profile, time_scale=self.time_scale, host_reference=reference
-        )
-
-    def prepare(self, model: str, measure: HostProfiler = _profile) -> None:
-        """:meth:`reference` and :meth:`calibrate` in one, measuring here (off the agent: the
-        agent asks its trainer, which may take the timings from its profile cache)."""
-        needed = self.reference(model)
-        if needed is not None:
-            info, batch = needed
-            spec = ModelSpec.of(info)
-            self.calibrate(HostTimings(*measure(spec, batch)))
-
-    def _target_s(self, pace: Pace, host_s: float) -> float | None:
+    def _target_s(self, pace: Pace) -> float | None:
         """Emulated time of ``pace``'s phases over its blocks (None: not emulating)."""
         if not self.emulates_compute:
             return None
+        costs = self._costs.get(pace.model)
         total = 0.0
         for phase in pace.phases:
-            # Another model's phases are paced in proportion to the host's whole measured time.
-            share = host_s / len(pace.phases)
             target = self._pacer.target_s(
-                phase, 0, pace.blocks, pace.batch, pace.model, host_s=share
+                phase, 0, pace.blocks, pace.batch, pace.model, costs=costs
             )
             total += target or 0.0
         return total
@@ -128,27 +105,25 @@ class Emulation:
     def block_times(
         self, forward_s: tuple[float, ...], backward_s: tuple[float, ...], batch: int, model: str
     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """The emulated device's per-block times, given the host's measured ones.
+        """The emulated device's per-block times (the host's measured ones when not emulating).
 
         What an emulated device reports as its compute profile: the planner must see the board
-        it emulates, not this host.
+        it emulates, not this host, so the host's times play no part (after :meth:`prepare`).
         """
         if not self.emulates_compute:
             return forward_s, backward_s
+        costs = self._costs.get(model)
 
-        def emulated(phase: Phase, host: tuple[float, ...]) -> tuple[float, ...]:
-            return tuple(
-                self._pacer.target_s(phase, i, i + 1, batch, model, host_s=t) or 0.0
-                for i, t in enumerate(host)
-            )
+        def emulated(phase: Phase) -> tuple[float, ...]:
+            return self._pacer.block_times(phase, batch, model, costs) or ()
 
-        return emulated("forward", forward_s), emulated("backward", backward_s)
+        return emulated("forward"), emulated("backward")
 
     async def pad(self, pace: Pace, started: float) -> float:
         """Sleep out the rest of ``pace``'s emulated time since ``started``; returns seconds
         behind."""
         host_s = time.perf_counter() - started
-        result = pad(host_s, self._target_s(pace, host_s))
+        result = pad(host_s, self._target_s(pace))
         if result.sleep_s > 0:
             await asyncio.sleep(result.sleep_s)
         return result.behind_s

@@ -6,11 +6,10 @@ figures and its assumptions for the unmeasured Nano modes), plus ``host``: no em
 Pacing: the agent times each compute phase on the host, asks :class:`ComputePacer` for the emulated
 device's time (:meth:`ComputePacer.target_s`), and sleeps the difference (:func:`pad`). For the
 profile's reference model (VGG5 at batch 100, as the paper measured) the target comes straight from
-the profile's per-block times. For any other model there are no device figures, so the target is
-the host's own time for those blocks times the profile's slowdown: the device's total reference
-time over the host's, per phase. The host's side of that ratio is ``host_reference``, the host's
-measured VGG5 per-block forward and backward times at the profile's reference batch, which the
-agent profiles once at start-up.
+the profile's per-block times, in proportion to the batch. For any other model the target is what
+its blocks compute and move (their :class:`~planner.compute.BlockCosts`, counted by
+``testbed.block_costs``) priced at the rates fitted to the board's reference times
+(:class:`planner.compute.BoardCompute`): the same on every host.
 """
 
 from __future__ import annotations
@@ -19,7 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from planner.paper import NANO_MODES, NanoMode, jetson_nano, raspberry_pi
+from planner.compute import BlockCosts, BoardCompute
+from planner.paper import NANO_MODES, VGG5_COSTS, NanoMode, jetson_nano, raspberry_pi
 from planner.profiles import DeviceProfile
 from schemas import PowerFigures
 from schemas.errors import AresError
@@ -65,7 +65,9 @@ class EmulationProfile:
     """A device to emulate: per-block times of the reference model, power and memory.
 
     ``forward_s[i]`` / ``backward_s[i]``: seconds for block ``i`` of ``reference_model`` at
-    ``reference_batch``; both None for no compute emulation. ``power``: the board's power figures
+    ``reference_batch``; both None for no compute emulation. ``reference_costs``: what the
+    reference model's blocks compute and move, to fit the rates that pace other models to
+    (None: only the reference model can be paced). ``power``: the board's power figures
     (None: unknown). ``memory_bytes``: memory available for training (None: unlimited).
     """
 
@@ -75,6 +77,7 @@ class EmulationProfile:
     backward_s: tuple[float, ...] | None
     reference_model: str = "vgg5"
     reference_batch: int = 100
+    reference_costs: BlockCosts | None = None
     power: PowerFigures | None = None
     memory_bytes: int | None = None
 
@@ -100,6 +103,11 @@ class EmulationProfile:
             )
         if self.memory_bytes is not None and self.memory_bytes <= 0:
             raise ValueError(f"memory_bytes must be positive, got {self.memory_bytes!r}")
+        costs = self.reference_costs
+        if costs is not None and costs.num_blocks != self.num_blocks:
+            raise ValueError(
+                f"reference_costs has {costs.num_blocks} blocks but forward_s has {self.num_blocks}"
+            )
 
     @property
     def emulated(self) -> bool:
@@ -114,6 +122,15 @@ class EmulationProfile:
         """Per-block times of ``phase`` for the reference model at the reference batch."""
         return self.forward_s if _phase(phase) == "forward" else self.backward_s
 
+    def compute(self) -> BoardCompute | None:
+        """The board's times and the rates fitted to them (None: not emulated, or no
+        ``reference_costs`` to fit to)."""
+        if self.forward_s is None or self.backward_s is None or self.reference_costs is None:
+            return None
+        return BoardCompute(
+            self.forward_s, self.backward_s, self.reference_costs, self.reference_batch
+        )
+
 
 def _from_device(name: str, description: str, device: DeviceProfile) -> EmulationProfile:
     # planner.paper does the unit conversions (cumulative to per-block, mode slowdowns); reuse them.
@@ -122,6 +139,7 @@ def _from_device(name: str, description: str, device: DeviceProfile) -> Emulatio
         description=description,
         forward_s=device.forward_s,
         backward_s=device.backward_s,
+        reference_costs=VGG5_COSTS,
         power=device.power,
         memory_bytes=device.memory_bytes,
     )
@@ -195,56 +213,45 @@ class ComputePacer:
     """Emulated compute times for one device profile.
 
     ``time_scale`` speeds the whole emulation up uniformly (2.0: everything takes half as long).
-    ``host_reference``: the host's measured per-block (forward, backward) times of the profile's
-    reference model at its reference batch; needed only to pace other models.
+    A model is the profile's reference model when its costs are the reference's (known by its
+    name where either is missing); any other model needs its :class:`BlockCosts`.
     """
 
-    __slots__ = ("_host_totals", "profile", "time_scale")
+    __slots__ = ("_compute", "profile", "time_scale")
 
-    def __init__(
-        self,
-        profile: EmulationProfile,
-        *,
-        time_scale: float = 1.0,
-        host_reference: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
-    ) -> None:
+    def __init__(self, profile: EmulationProfile, *, time_scale: float = 1.0) -> None:
         if not math.isfinite(time_scale) or time_scale <= 0:
             raise ValueError(f"time_scale must be positive and finite, got {time_scale!r}")
         self.profile = profile
         self.time_scale = float(time_scale)
-        self._host_totals: tuple[float, float] | None = None
-        if host_reference is not None:
-            forward, backward = host_reference
-            totals = (
-                sum(_times("host_reference forward", forward)),
-                sum(_times("host_reference backward", backward)),
+        self._compute = profile.compute()  # the fit, once
+
+    def block_times(
+        self, phase: Phase, batch_size: int, model: str, costs: BlockCosts | None = None
+    ) -> tuple[float, ...] | None:
+        """Emulated seconds of every block of ``model`` (with ``costs``) in ``phase`` at
+        ``batch_size``, over time_scale; None when the profile does not emulate compute.
+
+        The reference model: the profile's per-block times times ``batch_size /
+        reference_batch``. Another model: its costs at the board's fitted rates.
+        """
+        times = self.profile.times(phase)
+        if isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+        if times is None:
+            return None
+        if self._is_reference(model, costs):
+            batch_factor = batch_size / self.profile.reference_batch
+            return tuple(t * batch_factor / self.time_scale for t in times)
+        if costs is None:
+            raise PacingError(f"pacing {model!r} needs its block costs (testbed.block_costs)")
+        if self._compute is None:
+            raise PacingError(
+                f"profile {self.profile.name!r} has no reference costs to price {model!r} with"
             )
-            if min(totals) <= 0:
-                raise ValueError("host_reference must have positive forward and backward totals")
-            blocks = profile.num_blocks
-            if blocks is not None and (len(forward), len(backward)) != (blocks, blocks):
-                raise ValueError(
-                    f"host_reference must have {blocks} forward and backward blocks "
-                    f"(the profile's {profile.reference_model}), got {len(forward)} and "
-                    f"{len(backward)}"
-                )
-            self._host_totals = totals
-
-    def can_pace(self, model: str) -> bool:
-        """Whether :meth:`target_s` can give targets for ``model`` (always, if not emulating)."""
-        return (
-            not self.profile.emulated or self._is_reference(model) or self._host_totals is not None
-        )
-
-    def slowdown(self, phase: Phase) -> float:
-        """The device's total reference time of ``phase`` over the host's (before time_scale)."""
-        device = self.profile.times(phase)
-        if device is None:
-            return 1.0
-        if self._host_totals is None:
-            raise PacingError("pacing a model other than the reference needs host_reference")
-        host = self._host_totals[0 if _phase(phase) == "forward" else 1]
-        return sum(device) / host
+        forward, backward = self._compute.block_times(costs, batch_size)
+        chosen = forward if _phase(phase) == "forward" else backward
+        return tuple(t / self.time_scale for t in chosen)
 
     def target_s(
         self,
@@ -254,32 +261,23 @@ class ComputePacer:
         batch_size: int,
         model: str,
         *,
-        host_s: float | None = None,
+        costs: BlockCosts | None = None,
     ) -> float | None:
-        """Emulated seconds for blocks ``[first_block, last_block)`` of ``model`` at ``batch_size``.
-
-        None when the profile does not emulate compute. The reference model: the profile's
-        per-block times times ``batch_size / reference_batch``. Another model: ``host_s`` (the
-        host's time for those blocks at this batch) times :meth:`slowdown`. Both over time_scale.
-        """
-        times = self.profile.times(phase)
+        """Emulated seconds for blocks ``[first_block, last_block)`` of ``model`` at
+        ``batch_size`` (see :meth:`block_times`); None when the profile does not emulate."""
         if first_block < 0 or last_block < first_block:
             raise ValueError(f"blocks [{first_block}, {last_block}) are not a range")
-        if isinstance(batch_size, bool) or batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+        times = self.block_times(phase, batch_size, model, costs)
         if times is None:
             return None
-        if self._is_reference(model):
-            if last_block > len(times):
-                raise ValueError(
-                    f"blocks [{first_block}, {last_block}) exceed {self.profile.reference_model}'s "
-                    f"{len(times)} blocks"
-                )
-            batch_factor = batch_size / self.profile.reference_batch
-            return sum(times[first_block:last_block]) * batch_factor / self.time_scale
-        if host_s is None:
-            raise PacingError(f"pacing {model!r} needs host_s, the host's time for those blocks")
-        return _non_negative("host_s", host_s) * self.slowdown(phase) / self.time_scale
+        if last_block > len(times):
+            raise ValueError(
+                f"blocks [{first_block}, {last_block}) exceed {model}'s {len(times)} blocks"
+            )
+        return sum(times[first_block:last_block])
 
-    def _is_reference(self, model: str) -> bool:
+    def _is_reference(self, model: str, costs: BlockCosts | None) -> bool:
+        # By its costs where both are known: VGG5 on other inputs is not what was measured.
+        if costs is not None and self.profile.reference_costs is not None:
+            return costs == self.profile.reference_costs
         return model.lower() == self.profile.reference_model.lower()

@@ -3,7 +3,7 @@
 A scenario is a YAML (or JSON) file, or the name of one shipped in ``testbed/scenarios``::
 
     name: bandwidth-drop
-    model: vgg5
+    model: vgg5                        # a registered model, or package.module:callable
     dataset: synthetic
     policy: ares
     rounds: 8
@@ -35,6 +35,19 @@ class ScenarioError(DocumentError):
     """A scenario that cannot be found or does not validate."""
 
 
+def check_model_name(name: str) -> str:
+    """A registered model or ``package.module:callable`` (its form only: the module is imported
+    where the model is built, so a scenario for your own model validates anywhere)."""
+    from splitnn.model_registry import is_model_name, model_names  # torch, only when validating
+
+    if not is_model_name(name):
+        raise ValueError(
+            f"unknown model {name!r}; known models: {', '.join(model_names())}, or "
+            "'package.module:callable' for your own"
+        )
+    return name
+
+
 class DeviceSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -55,7 +68,7 @@ class Scenario(BaseModel):
 
     name: str
     description: str = ""
-    model: str = "small_cnn"
+    model: Annotated[str, AfterValidator(check_model_name)] = "small_cnn"
     dataset: str = "digits"
     data_dir: Path | None = None
     # The edge's own held-out set, instead of the dataset's test split; what images become;

@@ -51,6 +51,20 @@ def test_options_from_flags(tmp_path):
         bench_options(parse("--scenario", str(TINY), "--out", "x", "--rounds", "0"))
 
 
+def test_model_flag_replaces_the_scenarios_model(tmp_path):
+    options = bench_options(
+        parse("--scenario", "paper-testbed", "--out", str(tmp_path), "--model", "mobilenetv2")
+    )
+    assert options.scenario.model == "mobilenetv2"
+    assert options.scenario.name == "paper-testbed"
+    user = bench_options(
+        parse("--scenario", str(TINY), "--out", "x", "--model", "tests.user_models:pixel_net")
+    )
+    assert user.scenario.model == "tests.user_models:pixel_net"
+    with pytest.raises(ValueError, match="--model: unknown model 'nope'"):
+        bench_options(parse("--scenario", str(TINY), "--out", "x", "--model", "nope"))
+
+
 def test_the_tiny_scenario_loads():
     scenario = load_scenario(TINY)
     assert [d.id for d in scenario.devices] == ["nano", "pi"]

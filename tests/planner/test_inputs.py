@@ -11,12 +11,23 @@ import pytest
 import yaml
 
 from planner import PlanningError
+from planner.compute import BlockCosts
 from planner.inputs import (
     BUILTIN_DEVICES,
+    BuiltModel,
     PlanInputs,
     plan_inputs_from_dict,
 )
-from planner.paper import edge_server, jetson_nano, paper_testbed, raspberry_pi, vgg5_model
+from planner.paper import (
+    board_compute,
+    edge_server,
+    jetson_nano,
+    paper_testbed,
+    raspberry_pi,
+    vgg5_model,
+)
+from planner.plan_document import NamedModel
+from planner.profiles import ModelProfile
 from schemas import PowerFigures
 
 EXAMPLES = resources.files("planner").joinpath("examples")
@@ -319,3 +330,87 @@ def test_missing_required_top_level_keys() -> None:
         del doc[key]
         with pytest.raises(PlanningError, match=rf"^{key}: required"):
             plan_inputs_from_dict(doc)
+
+
+# --- a model by name --------------------------------------------------------------------------
+
+NAMED_COSTS = BlockCosts(flops=(5000, 20000), moved_bytes=(800, 100), param_bytes=(400, 9000))
+
+
+def _build(section: NamedModel, batch: int) -> BuiltModel:
+    """What ares plan's builder gives, made up: two blocks."""
+    if section.name != "two_blocks":
+        raise PlanningError("model", f"unknown model {section.name!r}")
+    profile = ModelProfile(
+        num_blocks=2,
+        activation_bytes=(64 * batch, 40 * batch),
+        param_bytes=NAMED_COSTS.param_bytes,
+        activation_memory_bytes=(128 * batch, 40 * batch),
+        batch_size=batch,
+        label_bytes=8 * batch,
+    )
+    return BuiltModel(profile, NAMED_COSTS)
+
+
+def _named(**model: Any) -> dict[str, Any]:
+    section = {"name": "two_blocks", "input_shape": [1, 4, 4], "num_classes": 10, **model}
+    return {
+        "model": section,
+        "server": "paper-edge",
+        "defaults": {"uplink_mbps": 20, "samples": 1000},
+        "devices": [
+            {"id": "pi", "profile": "raspberry-pi-3b+"},
+            {"id": "nano", "profile": "jetson-nano-5w"},
+            {
+                "id": "own",
+                "forward_s": [0.1, 0.2],
+                "backward_s": [0.1, 0.2],
+                "power": {"compute_w": 3, "transmit_w": 1, "receive_w": 1},
+            },
+        ],
+    }
+
+
+def test_a_model_by_name_is_built_by_the_caller_and_priced_by_the_boards_rates() -> None:
+    inputs = plan_inputs_from_dict(_named(batch_size=32), resolve_model=_build)
+    assert inputs.model.batch_size == 32
+    assert inputs.model.num_blocks == 2
+    pi, nano, own = inputs.devices
+    # Built-in boards: the model's costs at the rates fitted to their VGG5 times.
+    assert (pi.forward_s, pi.backward_s) == board_compute(raspberry_pi("pi")).block_times(
+        NAMED_COSTS, 32
+    )
+    assert (nano.forward_s, nano.backward_s) == board_compute(
+        jetson_nano("nano", "5w")
+    ).block_times(NAMED_COSTS, 32)
+    assert sum(pi.forward_s) > sum(nano.forward_s) > 0
+    assert own.forward_s == (0.1, 0.2)  # explicit times as given
+    server = board_compute(edge_server()).block_times(NAMED_COSTS, 32)
+    assert (inputs.server.forward_s, inputs.server.backward_s) == server
+    assert inputs.table().feasible.any(axis=1).all()
+    # The document's batch size wins over the model's; 100 without either.
+    assert (
+        plan_inputs_from_dict(
+            {**_named(batch_size=32), "batch_size": 8}, resolve_model=_build
+        ).model.batch_size
+        == 8
+    )
+    assert plan_inputs_from_dict(_named(), resolve_model=_build).model.batch_size == 100
+
+
+def test_a_model_by_name_needs_a_builder_and_a_known_name() -> None:
+    with pytest.raises(PlanningError, match=r"^model: 'two_blocks': a model by name needs"):
+        plan_inputs_from_dict(_named())
+    with pytest.raises(PlanningError, match=r"^model: unknown model 'nope'"):
+        plan_inputs_from_dict(_named(name="nope"), resolve_model=_build)
+    with pytest.raises(PlanningError, match=r"^model\.num_classes: must be >= 2"):
+        plan_inputs_from_dict(_named(num_classes=1), resolve_model=_build)
+    doc = _named()
+    del doc["model"]["input_shape"]
+    with pytest.raises(PlanningError, match=r"^model\.input_shape: required"):
+        plan_inputs_from_dict(doc, resolve_model=_build)
+    # Explicit times must still have one entry per block of the named model.
+    doc = _named()
+    doc["devices"][2]["forward_s"] = [0.1] * 7
+    with pytest.raises(PlanningError, match=r"^devices\[2\]\.forward_s: needs 2 entries"):
+        plan_inputs_from_dict(doc, resolve_model=_build)

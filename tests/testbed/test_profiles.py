@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
 
 from planner import paper
+from planner.compute import BlockCosts
 from planner.profiles import per_block_from_cumulative
 from schemas import PowerFigures
 from testbed.profiles import (
@@ -57,9 +59,9 @@ def test_host_does_not_emulate() -> None:
     assert host.forward_s is None
     assert host.backward_s is None
     pacer = ComputePacer(host)
+    assert host.compute() is None
     assert pacer.target_s("forward", 0, 3, 100, "vgg5") is None
     assert pacer.target_s("backward", 0, 3, 7, "small_cnn") is None
-    assert pacer.can_pace("anything")
 
 
 def test_profiles_reuse_the_papers_figures() -> None:
@@ -78,6 +80,7 @@ def test_profiles_reuse_the_papers_figures() -> None:
         assert profile.memory_bytes == expected.memory_bytes
         assert profile.reference_model == "vgg5"
         assert profile.reference_batch == 100
+        assert profile.reference_costs == paper.VGG5_COSTS
         assert profile.num_blocks == BLOCKS
 
 
@@ -143,46 +146,51 @@ def test_time_scale_divides() -> None:
             assert b == pytest.approx(a / 4)
 
 
-def test_other_model_uses_the_slowdown_factor() -> None:
-    host_forward = (0.01,) * BLOCKS  # host: 0.07 s forward, 0.14 s backward for VGG5 at 100
-    host_backward = (0.02,) * BLOCKS
-    pacer = ComputePacer(PI, host_reference=(host_forward, host_backward), time_scale=2.0)
-    assert pacer.slowdown("forward") == pytest.approx(1.852 / 0.07)
-    assert pacer.slowdown("backward") == pytest.approx(2.092 / 0.14)
-    # Another model: the host's own time for those blocks times the slowdown, over time_scale.
-    target = pacer.target_s("forward", 0, 2, 64, "small_cnn", host_s=0.003)
-    assert target == pytest.approx(0.003 * (1.852 / 0.07) / 2.0)
-    target = pacer.target_s("backward", 1, 3, 64, "small_cnn", host_s=0.01)
-    assert target == pytest.approx(0.01 * (2.092 / 0.14) / 2.0)
-    # The reference model still uses the device's own per-block figures.
-    assert pacer.target_s("forward", 0, BLOCKS, 100, "vgg5", host_s=99.0) == pytest.approx(
-        1.852 / 2.0
+def test_other_model_is_priced_from_its_costs_at_the_fitted_rates() -> None:
+    # What a model's blocks compute and move, at the board's rates fitted to its VGG5 times:
+    # no host timings involved (they used to set the slowdown, so the emulation depended on
+    # the host and its noise).
+    costs = BlockCosts(flops=(1000, 5000), moved_bytes=(400, 80), param_bytes=(100, 2000))
+    pacer = ComputePacer(PI, time_scale=2.0)
+    compute = PI.compute()
+    assert compute is not None
+    forward, backward = compute.block_times(costs, 64)
+    assert pacer.block_times("forward", 64, "mine", costs) == pytest.approx(
+        tuple(t / 2.0 for t in forward)
     )
-    assert pacer.can_pace("small_cnn")
+    target = pacer.target_s("backward", 1, 2, 64, "mine", costs=costs)
+    assert target == pytest.approx(backward[1] / 2.0)
+    # The rates: per FLOP and per byte, weights once per batch, activations per sample.
+    rates = compute.forward_rates
+    assert forward[0] == pytest.approx(rates.per_flop_s * 64_000 + rates.per_byte_s * 25_700)
 
 
-def test_other_model_needs_the_host_reference_and_host_time() -> None:
+def test_the_reference_model_is_known_by_its_costs() -> None:
     pacer = ComputePacer(MAXN)
-    assert pacer.can_pace("vgg5")
-    assert not pacer.can_pace("small_cnn")
-    with pytest.raises(PacingError, match="host_reference"):
-        pacer.target_s("forward", 0, 2, 100, "small_cnn", host_s=0.1)
-    with_reference = ComputePacer(MAXN, host_reference=((0.01,) * BLOCKS, (0.01,) * BLOCKS))
-    with pytest.raises(PacingError, match="host_s"):
-        with_reference.target_s("forward", 0, 2, 100, "small_cnn")
+    measured = pacer.target_s("forward", 0, BLOCKS, 100, "vgg5")
+    # The paper's VGG5 under any name keeps the measured figures...
+    assert pacer.target_s("forward", 0, BLOCKS, 100, "copy", costs=paper.VGG5_COSTS) == measured
+    # ...but VGG5 on other inputs (other costs) is priced like any other model.
+    other = dataclasses.replace(paper.VGG5_COSTS, flops=(1,) * BLOCKS)
+    assert pacer.target_s("forward", 0, BLOCKS, 100, "vgg5", costs=other) != measured
 
 
-@pytest.mark.parametrize(
-    ("reference", "match"),
-    [
-        (((0.0,) * BLOCKS, (0.01,) * BLOCKS), "positive"),
-        (((0.01,) * BLOCKS, (-0.01,) * BLOCKS), "host_reference backward"),
-        (((0.01,) * 3, (0.01,) * 3), "7 forward and backward blocks"),
-    ],
-)
-def test_bad_host_reference(reference: tuple[tuple[float, ...], ...], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        ComputePacer(MAXN, host_reference=reference)  # type: ignore[arg-type]
+def test_other_model_needs_its_costs() -> None:
+    pacer = ComputePacer(MAXN)
+    with pytest.raises(PacingError, match="block costs"):
+        pacer.target_s("forward", 0, 2, 100, "small_cnn")
+    bare = EmulationProfile(name="x", description="", forward_s=(0.1,), backward_s=(0.1,))
+    costs = BlockCosts(flops=(1,), moved_bytes=(1,), param_bytes=(0,))
+    with pytest.raises(PacingError, match="no reference costs"):
+        ComputePacer(bare).target_s("forward", 0, 1, 100, "small_cnn", costs=costs)
+    with pytest.raises(ValueError, match="reference_costs has 7 blocks"):
+        EmulationProfile(
+            name="x",
+            description="",
+            forward_s=(0.1,),
+            backward_s=(0.1,),
+            reference_costs=paper.VGG5_COSTS,
+        )
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("inf"), float("nan")])

@@ -33,6 +33,7 @@ def test_data_shares_become_consecutive_shards(tmp_path):
         ("name: s\ndevices:\n  - {id: a}\n  - {id: a}\n", "unique"),
         ("name: s\ndevices:\n  - {id: a, colour: red}\n", "colour"),
         ("name: s\ndevices:\n  - {id: 'a/b'}\n", "invalid device id"),
+        ("name: s\nmodel: vgg6\ndevices:\n  - {id: a}\n", "unknown model 'vgg6'.*mobilenetv2"),
         ("name: [unclosed\n", "not valid YAML"),
     ],
 )
@@ -42,6 +43,13 @@ def test_bad_scenarios_name_the_file_and_the_problem(tmp_path, text, message):
     with pytest.raises(ScenarioError, match=message) as err:
         load_scenario(path)
     assert "bad.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("model", ["mobilenetv2", "resnet18", "cnn1d", "mypkg.nets:make_net"])
+def test_any_registered_model_or_your_own(tmp_path, model):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nmodel: {model}\ndevices:\n  - {{id: a, profile: jetson-nano-5w}}\n")
+    assert load_scenario(path).model == model  # your own is imported where it is built
 
 
 def test_unknown_scenario_lists_the_shipped_ones():
