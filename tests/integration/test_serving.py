@@ -138,7 +138,8 @@ async def test_edge_and_exit_answers_match_the_model(mosquitto, model_file):
     samples = digits_test_set().x[:12]
     plan = {"dev-0": (2, EXITS_OFF), "dev-1": (3, 0.0), "dev-2": (0, EXITS_OFF)}
     devices = [device(mosquitto, path, d) for d in plan]
-    async with running(edge(mosquitto, path, plan), *devices), app(mosquitto, *plan) as client:
+    the_edge = edge(mosquitto, path, plan)
+    async with running(the_edge, *devices), app(mosquitto, *plan) as client:
         await wait_until(lambda: all(d.plan is not None for d in devices), HANG_S)
         for i, sample in enumerate(samples):
             await client.ask("dev-0", json_request(f"a{i}", sample))
@@ -147,6 +148,15 @@ async def test_edge_and_exit_answers_match_the_model(mosquitto, model_file):
         at_edge = [await client.answer(f"a{i}") for i in range(len(samples))]
         at_exit = [await client.answer(f"b{i}") for i in range(len(samples))]
         raw = [await client.answer(f"c{i}") for i in range(len(samples))]
+        # The devices' telemetry reaches the edge: the exit rates the next plan starts from.
+        records = the_edge.fleet.records
+
+        def observed(device_id: str) -> tuple[object, ...] | None:
+            seen = records[device_id].observed
+            return (seen.cut, seen.threshold, seen.requests, seen.fraction) if seen else None
+
+        await wait_until(lambda: observed("dev-0") == (2, None, len(samples), 0.0))
+        await wait_until(lambda: observed("dev-1") == (3, 0.0, len(samples), 1.0))
     expected = unsplit_labels(artifact, samples).tolist()
     for answers, cut in ((at_edge, 2), (raw, 0)):
         assert [a.label for a in answers] == expected
