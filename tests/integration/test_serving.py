@@ -19,10 +19,7 @@ import torch
 from PIL import Image
 
 from broker import LocalBroker
-from planner.inference.plan import InferencePlan, Setting
-from planner.inference.points import EXITS_OFF
-from planner.inference.problem import ServingInputs
-from planner.inference.solver import plan_for_settings
+from planner.inference import EXITS_OFF, InferencePlan, ServingInputs, Setting, plan_for_settings
 from schemas import Topics, encode_frame, to_json
 from schemas.serving import ServeAnswer, ServeCtrl, ServeEdgeStatus
 from schemas.topics import ServeChannel
@@ -33,10 +30,10 @@ from serving.settings import ServeSettings, ServingDeviceSettings
 from splitnn.datasets.images import decode_image
 from tests.integration.helpers import mqtt, wait_until
 from tests.serving.artifacts import digits_test_set, exit_labels, make_artifact, unsplit_labels
+from tests.serving.running import HANG_S, running
 from transport import MqttLink
 
 TOPICS = Topics()
-HANG_S = 120.0  # a hang guard, never a pass criterion
 FIRST_EXIT, DEEPEST_EXIT = 1, 4
 
 
@@ -73,23 +70,6 @@ def edge(broker: LocalBroker, path: Path, settings: Mapping[str, Setting]) -> Se
 
     serve = ServeSettings(mqtt=mqtt(broker), artifact=path, torch_threads=1, status_interval_s=1)
     return ServeEdge(serve, decide=decide)
-
-
-@contextlib.asynccontextmanager
-async def running(*services: ServingDevice | ServeEdge) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(s.run()) for s in services]
-    try:
-        async with asyncio.timeout(HANG_S):
-            for service, task in zip(services, tasks, strict=True):
-                ready = asyncio.ensure_future(service.ready.wait())
-                await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-                if task.done():
-                    task.result()  # its failure, raised here
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class App:

@@ -29,6 +29,7 @@ from serving.device import ServingDevice
 from serving.settings import ServingDeviceSettings
 from tests.integration.helpers import wait_until
 from tests.serving.artifacts import digits_test_set, make_artifact
+from tests.serving.running import running
 from transport import MemoryBroker, MemoryLink
 
 TOPICS = Topics()
@@ -82,15 +83,8 @@ async def serving_device(
     device = ServingDevice(settings, environment=environment, connect=broker.connect)
     own = [(TOPICS.device("cam-0", c), 1) for c in (ServeChannel.ANSWER, ServeChannel.HELLO,
                                                     ServeChannel.TELEMETRY)]  # fmt: skip
-    async with broker.connect("edge-and-app", own) as link:
-        task = asyncio.create_task(device.run())
-        try:
-            async with asyncio.timeout(60):
-                await device.ready.wait()
-            yield device, link
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    async with broker.connect("edge-and-app", own) as link, running(device):
+        yield device, link
 
 
 async def next_on(link: MemoryLink, channel: ServeChannel) -> bytes:

@@ -30,6 +30,7 @@ from serving.inference import EdgeModel
 from serving.settings import ServeSettings
 from tests.integration.helpers import wait_until
 from tests.serving.artifacts import SPEC, digits_test_set, make_artifact
+from tests.serving.running import running
 from transport import MemoryBroker, MemoryLink
 
 TOPICS = Topics()
@@ -61,15 +62,9 @@ async def serving_edge(
     )
     edge = ServeEdge(settings, connect=broker.connect)
     watch = [(TOPICS.all_devices(c), 1) for c in (ServeChannel.RESULT, ServeChannel.CTRL)]
-    async with broker.connect("cam-0", [*watch, (TOPICS.serve_plan, 1)]) as device:
-        task = asyncio.create_task(edge.run())
-        try:
-            async with asyncio.timeout(60):
-                await edge.ready.wait()
-            yield edge, device
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    plan = (TOPICS.serve_plan, 1)
+    async with broker.connect("cam-0", [*watch, plan]) as device, running(edge):
+        yield edge, device
 
 
 async def next_on(link: MemoryLink, suffix: str) -> bytes:
