@@ -232,7 +232,12 @@ class ServeDeviceStatus(WireModel):
 
 
 class ServeTelemetry(WireModel):
-    """What the device saw over one window: the edge re-plans from it (exit rate, links)."""
+    """What the device saw over one window: the edge re-plans from it (exit rate, links).
+
+    On ``serve/telemetry``, not the training ``telemetry`` channel: a training edge on the same
+    broker would refuse readings from a device that never said its training hello, and these
+    readings (exits, answers, latency) are serving's own; the link, battery and power fields
+    are measured and named as the training telemetry's are."""
 
     kind: Literal["serve_telemetry"] = "serve_telemetry"
     device_id: DeviceId

@@ -231,6 +231,9 @@ class ServeEdge(LinkService):
             )
         if not np.isfinite(act).all():
             raise Refused("not_finite", "act holds NaN or infinite values")
+        if self._jobs.qsize() >= self.settings.max_queued:
+            # The device answers alone at once instead of waiting out its deadline.
+            raise Refused("overloaded", f"{self._jobs.qsize()} activations are waiting")
         self._jobs.put_nowait(Job(device_id, meta.id, meta.cut, act, time.perf_counter()))
 
     def _on_hello(self, hello: ServeHello) -> None:

@@ -59,5 +59,6 @@ class ServeSettings(ServiceSettings):
     replan_exit_rate_change: float = Field(default=0.1, ge=0, le=1)
     # Compute: activations waiting together are run as one batch (per cut), up to this many.
     max_batch: int = Field(default=32, ge=1)
+    max_queued: int = Field(default=1024, ge=1)  # activations waiting; more are refused
     torch_threads: int | None = Field(default=None, ge=1)
     status_interval_s: float = Field(default=10.0, gt=0)
