@@ -18,7 +18,21 @@ torch work, a think time per batch standing in for the board's compute) train ``
 * round trips as the devices saw them, the edge's own receipt-to-reply time (``server_s``);
 * CPU share (of one core) of the edge, Mosquitto (single-threaded) and the device processes.
 
+Per model (``--models vgg5,mobilenetv2,resnet18``): the same run for each model at cut
+``--split`` (``--dataset synthetic`` for the CIFAR-shaped ones), and a summary of the edge's
+serving rate: batches per second over the rounds' serving windows (each round from its start to
+the last device's part held, so the edge's aggregation and evaluation between rounds are left
+out), the edge's server step per batch and how many of its compute workers that kept busy, its
+peak memory. To measure the edge's capacity rather than the devices' pace, offer more than it
+serves (devices / think time above the served rate) and give a batch timeout above the round
+trips a queue of that many devices makes (devices / served rate), so no batch is sent twice.
+``--eval-samples`` shrinks the edge's held-out set (default with ``--models``: 200), which
+keeps a big model's evaluations between rounds short.
+
     python benchmarks/bench_edge_scale.py [--devices 100,200,500] [--quick] [--json OUT]
+    python benchmarks/bench_edge_scale.py --models vgg5,mobilenetv2,resnet18 --dataset synthetic \
+        --split 1 --devices 20 --think-s 0.2 --batch-size 20 --batch-timeout-s 60 --rounds 2 \
+        --batches 5 [--json OUT]
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from benchutil import (
     cpu_seconds,
     machine_info,
@@ -46,16 +62,18 @@ from benchutil import (
     summary,
     write_json,
 )
+from numpy.typing import NDArray
 
 from broker import BrokerConfig, LocalBroker
 from planner.policies import POLICIES
 from splitnn.datasets import load_dataset
-from splitnn.models import ModelSpec, cut_shapes
+from splitnn.models import ModelSpec, build_model, cut_shapes, num_blocks
 
 HERE = Path(__file__).parent
 TARGET_DEVICES = 200
 TARGET_P99_S = 0.020
 START_TIMEOUT_S = 300.0  # the edge imports torch, loads data, profiles itself
+MODELS_EVAL_SAMPLES = 200  # the edge's held-out set per model run, unless --eval-samples
 
 
 @dataclass(frozen=True)
@@ -75,6 +93,8 @@ class Config:
     cprofile: bool
     compute_workers: int
     switch_interval_ms: float | None
+    eval_samples: int | None = None  # the edge's held-out set: this many test samples; None: all
+    models: tuple[str, ...] = ()  # per-model mode: one run per model (``model`` is the current)
 
 
 @dataclass
@@ -106,11 +126,16 @@ class Run:
         self.config = config
         self.devices = devices
         self.workdir = workdir
+        self.spec = _spec(config)
+        self.held_out: Path | None = None
         self.events: dict[str, float] = {}
         self.marks: dict[str, CpuMark] = {}
         self._logs: list[IO[bytes]] = []
 
     async def execute(self) -> dict[str, Any]:
+        if self.config.eval_samples is not None:
+            self.held_out = self.workdir / "held-out.npz"
+            write_held_out(self.config, self.held_out)
         config = BrokerConfig(log_types=("error", "warning"), max_queued_messages=10_000)
         async with LocalBroker(config) as broker:
             assert broker.pid is not None
@@ -152,6 +177,8 @@ class Run:
             "--deadline-floor-s", str(self._round_floor_s()),
             "--workdir", str(self.workdir), "--out", str(self.workdir / "edge.json"),
         ]  # fmt: skip
+        if self.held_out is not None:
+            command += ["--data", str(self.held_out)]
         if c.cprofile:
             command += ["--cprofile", str(self.workdir / "edge.prof")]
         if c.switch_interval_ms is not None:
@@ -169,7 +196,7 @@ class Run:
 
     def _fleet_command(self, url: str, first: int) -> list[str]:
         c = self.config
-        spec = _spec(c)
+        spec = self.spec
         count = min(c.per_process, self.devices - first)
         return [
             sys.executable, str(HERE / "scale_devices.py"), "--broker", url,
@@ -242,6 +269,8 @@ class Run:
         batches = sum(d["batches"] for d in device_rounds)
 
         return {
+            "model": self.config.model,
+            "cut": self.config.split,
             "devices": self.devices,
             "device_processes": len(fleets),
             "rounds_completed": len(report["rounds"]),
@@ -252,6 +281,8 @@ class Run:
             "batches": batches,
             "batches_per_s": batches / wall,
             "offered_batches_per_s": self.devices / self.config.think_s,
+            "serving": serving_numbers(report),
+            "edge_peak_rss_mib": edge.get("peak_rss_mib"),
             "round_durations_s": [r["duration_s"] for r in report["rounds"]],
             "lag_training": edge["phases"]["training"],
             "lag_idle_probe": {
@@ -290,6 +321,65 @@ def _merge_counts(counts: Any) -> dict[str, int]:
     return merged
 
 
+def serving_numbers(report: dict[str, Any]) -> dict[str, float]:
+    """The edge's serving rate, from its run report: batches over the rounds' serving windows.
+
+    A round's window runs from its start to the last device's part held at the edge (the
+    longest ``round_s``); the edge's aggregation and evaluation between rounds fall outside.
+    ``step_s``: the edge's server step (forward, backward, optimiser step, the gradient's
+    encoding) per batch; ``busy_workers``: the compute workers those steps kept busy on average
+    (the thread pool's size when the edge's compute is the bottleneck).
+    """
+    windows = [
+        max((d.get("round_s") or 0.0 for d in r["devices"].values()), default=0.0)
+        for r in report["rounds"]
+    ]
+    device_rounds = [d for r in report["rounds"] for d in r["devices"].values()]
+    batches = sum(d["batches"] for d in device_rounds)
+    server_s = sum(d.get("server_s") or 0.0 for d in device_rounds)
+    serving_s = sum(windows)
+    return {
+        "serving_s": serving_s,
+        "batches": batches,
+        "batches_per_s": batches / serving_s if serving_s > 0 else math.nan,
+        "step_s": server_s / batches if batches else math.nan,
+        "busy_workers": server_s / serving_s if serving_s > 0 else math.nan,
+    }
+
+
+def held_out_subset(labels: NDArray[np.int64], size: int, num_classes: int) -> NDArray[np.intp]:
+    """Indices of ``size`` samples taken class by class in turn (each class's first ones), so
+    every class that has samples is in the subset when ``size`` >= the classes."""
+    if size < num_classes:
+        raise ValueError(f"a held-out set of {size} cannot hold all {num_classes} classes")
+    members = [list(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    chosen: list[int] = []
+    for rank in range(max((len(m) for m in members), default=0)):
+        chosen.extend(int(m[rank]) for m in members if rank < len(m))
+    return np.asarray(sorted(chosen[:size]), dtype=np.intp)
+
+
+def write_held_out(config: Config, path: Path) -> None:
+    """The edge's held-out set as a .npz: ``eval_samples`` of the dataset's test split."""
+    assert config.eval_samples is not None
+    data = load_dataset(config.dataset, "test")
+    index = held_out_subset(data.y, config.eval_samples, data.num_classes)
+    np.savez(path, x=data.x[index], y=data.y[index])
+
+
+def model_facts(spec: ModelSpec, cut: int) -> dict[str, Any]:
+    """What the edge holds at ``cut``: its blocks and parameters; the activation per sample."""
+    model = build_model(spec)
+    blocks = num_blocks(spec)
+    return {
+        "blocks": blocks,
+        "edge_blocks": blocks - cut,
+        "params": sum(p.numel() for p in model.parameters()),
+        "edge_params": sum(p.numel() for block in list(model)[cut:] for p in block.parameters()),
+        "act_values_per_sample": math.prod(cut_shapes(spec)[cut - 1]),
+    }
+
+
 def _spec(config: Config) -> ModelSpec:
     data = load_dataset(config.dataset, "test")
     return ModelSpec(config.model, data.input_shape, data.num_classes)
@@ -313,6 +403,11 @@ def ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1e3:.1f}"
 
 
+def rate(per_s: float) -> str:
+    """A rate, to a tenth below 100 per second."""
+    return "-" if math.isnan(per_s) else f"{per_s:.1f}" if per_s < 100 else f"{per_s:.0f}"
+
+
 def print_results(config: Config, results: list[dict[str, Any]]) -> None:
     print(
         f"\nedge scale: model {config.model} at cut {config.split}, batch {config.batch_size}, "
@@ -326,7 +421,7 @@ def print_results(config: Config, results: list[dict[str, Any]]) -> None:
         lag = r["lag_training"]
         rows.append((
             r["devices"], f"{r['rounds_completed']}/{r['rounds_all_ok']}",
-            f"{r['batches_per_s']:.0f} / {r['offered_batches_per_s']:.0f}",
+            f"{rate(r['batches_per_s'])} / {rate(r['offered_batches_per_s'])}",
             f"{ms(lag['p50_s'])} / {ms(lag['p99_s'])} / {ms(lag['max_s'])}",
             f"{lag['over_threshold']}/{lag['samples']}",
             f"{ms(r['lag_idle_probe']['p99'])} / {ms(r['lag_idle_probe']['max'])}",
@@ -377,20 +472,64 @@ def print_results(config: Config, results: list[dict[str, Any]]) -> None:
               f"{verdict} ({ms(p99)} ms)")  # fmt: skip
 
 
+def print_models(config: Config, results: list[dict[str, Any]]) -> None:
+    """The per-model summary: the edge's serving rate, its step per batch, its memory."""
+    print(
+        f"\nedge serving rate per model: cut {config.split}, batch {config.batch_size}, "
+        f"{config.rounds} rounds x {config.batches} batches per device, think "
+        f"{config.think_s:g} s per batch; edge: {config.compute_workers} compute workers x 1 "
+        f"torch thread, {config.eval_samples} held-out samples"
+    )
+    rows = []
+    for r in results:
+        serving, facts = r["serving"], r["model_facts"]
+        rows.append((
+            r["model"], f"{facts['edge_blocks']}/{facts['blocks']}",
+            f"{facts['edge_params'] / 1e6:.2f}M",
+            f"{facts['act_values_per_sample'] * 4 * config.batch_size / 2**20:.2f}",
+            r["devices"], rate(r["offered_batches_per_s"]), rate(serving["batches_per_s"]),
+            rate(r["batches_per_s"]), ms(serving["step_s"]), f"{serving['busy_workers']:.2f}",
+            f"{ms(r['rtt_s']['median'])} / {ms(r['rtt_s']['p99'])}",
+            f"{r['late_gradients']}/{r['failed_batches']}/{r['not_ok_device_rounds']}",
+            f"{r['cpu_share']['edge']:.0%} / {r['cpu_share']['mosquitto']:.0%} / "
+            f"{r['cpu_share']['devices']:.0%}",
+            "-" if r["edge_peak_rss_mib"] is None else f"{r['edge_peak_rss_mib']:.0f}",
+        ))  # fmt: skip
+    print_table(
+        ["model", "edge blocks", "edge params", "act MiB/batch", "devices", "offered/s",
+         "served/s", "(whole run)", "edge step ms", "busy workers", "rtt p50/p99 ms",
+         "late/failed/not-ok", "CPU edge/mosq/devs", "edge peak MiB"],
+        rows,
+    )  # fmt: skip
+    print(
+        "  served/s: batches over the rounds' serving windows (round start -> the last part "
+        "held); whole run: over the training\n  phase, the edge's aggregation and evaluation "
+        "between rounds included. edge step: its server step per batch\n  (forward, backward, "
+        "optimiser step, the gradient's encoding); busy workers: compute workers those steps "
+        "kept busy\n  on average. act: the activations of one batch at the cut (float32), the "
+        "gradient as large."
+    )
+
+
 async def run_all(config: Config, keep: Path | None) -> list[dict[str, Any]]:
     results = []
-    for devices in config.devices:
-        print(f"running {devices} devices ...", flush=True)
-        with contextlib.ExitStack() as stack:
-            if keep is None:
-                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            else:
-                workdir = keep / f"devices-{devices}"
-                workdir.mkdir(parents=True, exist_ok=True)
-            began = time.monotonic()
-            result = await Run(config, devices, workdir).execute()
-            result["wall_s"] = time.monotonic() - began
-            results.append(result)
+    for model in config.models or (config.model,):
+        run_config = dataclasses.replace(config, model=model)
+        for devices in config.devices:
+            print(f"running {model}, {devices} devices ...", flush=True)
+            with contextlib.ExitStack() as stack:
+                if keep is None:
+                    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                else:
+                    name = f"devices-{devices}"
+                    workdir = keep / (f"{model}-{name}" if config.models else name)
+                    workdir.mkdir(parents=True, exist_ok=True)
+                began = time.monotonic()
+                result = await Run(run_config, devices, workdir).execute()
+                result["wall_s"] = time.monotonic() - began
+                if config.models:
+                    result["model_facts"] = model_facts(_spec(run_config), config.split)
+                results.append(result)
     return results
 
 
@@ -405,6 +544,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jitter", type=float, default=0.2)
     parser.add_argument("--split", type=int, default=1)
     parser.add_argument("--model", default="tiny")
+    parser.add_argument(
+        "--models", help="per-model mode: these models, comma separated, and their summary"
+    )
+    parser.add_argument(
+        "--eval-samples",
+        type=int,
+        help=f"the edge's held-out samples (default: the test split; with --models "
+        f"{MODELS_EVAL_SAMPLES})",
+    )
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--policy", default="sl", choices=POLICIES.names())
     parser.add_argument("--batch-timeout-s", type=float, default=5.0)
@@ -417,6 +565,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep logs, reports and profiles here")
     parser.add_argument("--json", type=Path, help="write the numbers here")
     args = parser.parse_args(argv)
+    models = tuple(m for m in (args.models or "").split(",") if m)
+    eval_samples = args.eval_samples
+    if models and eval_samples is None:
+        eval_samples = MODELS_EVAL_SAMPLES
     config = Config(
         devices=(8,) if args.quick else tuple(int(n) for n in args.devices.split(",")),
         rounds=2 if args.quick else args.rounds,
@@ -433,13 +585,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         cprofile=args.cprofile,
         compute_workers=args.compute_workers,
         switch_interval_ms=args.switch_interval_ms,
+        eval_samples=eval_samples,
+        models=models,
     )
+    for model in models or (config.model,):
+        blocks = num_blocks(_spec(dataclasses.replace(config, model=model)))
+        if not 1 <= config.split < blocks:
+            parser.error(f"--split {config.split}: {model} has cuts 1..{blocks - 1} with work "
+                         "left on the edge")  # fmt: skip
     # Every device holds a connection to the broker: Mosquitto and the fleets need the fds.
     raise_open_files_limit(4 * max(config.devices) + 1024)
     info = machine_info()
     print_machine(info)
     results = asyncio.run(run_all(config, args.keep))
-    print_results(config, results)
+    if models:
+        for model in models:
+            mine = [r for r in results if r["model"] == model]
+            print_results(dataclasses.replace(config, model=model), mine)
+        print_models(config, results)
+    else:
+        print_results(config, results)
     print(f"load average now {os.getloadavg()[0]:.2f} (was {info['load_average_1m']})")
     if args.json:
         write_json(args.json, {"machine": info, "config": asdict(config), "results": results})

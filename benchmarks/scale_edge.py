@@ -12,7 +12,9 @@ read the other processes' CPU counters at the same moments. The JSON (``--out``)
 probes later than 20 ms with their wall-clock time (to line up with edge.log) and every garbage
 collection's pause by generation (gc.callbacks). For diagnosis: ``--cprofile PATH`` profiles the
 loop's thread while training, ``--slow-callback-ms`` turns on asyncio's slow-callback log, and
-``--compute-workers`` and ``--switch-interval-ms`` change the edge's set-up.
+``--compute-workers`` and ``--switch-interval-ms`` change the edge's set-up. ``--data`` is
+the edge's held-out set (a smaller one keeps a big model's evaluations short); the JSON also
+holds the process's peak resident memory (``peak_rss_mib``, the kernel's VmHWM).
 """
 
 from __future__ import annotations
@@ -145,6 +147,17 @@ class GcTimes:
         }
 
 
+def peak_rss_mib() -> float | None:
+    """This process's peak resident set so far (VmHWM), MiB; None where /proc has none."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
+
+
 def emit(event: str) -> None:
     print(f"EVENT {event} {time.monotonic():.6f}", flush=True)
 
@@ -178,6 +191,7 @@ def build_settings(args: argparse.Namespace) -> EdgeSettings:
         mqtt=MqttSettings(url=args.broker),
         model=args.model,
         dataset=args.dataset,
+        data=args.data,
         rounds=args.rounds,
         min_devices=args.devices,
         registration_timeout_s=args.registration_timeout_s,
@@ -205,6 +219,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--data", type=Path, help="the held-out set (.npz), not the test split")
     parser.add_argument("--policy", default="sl")
     parser.add_argument("--split", type=int, default=1)
     parser.add_argument("--batch-timeout-s", type=float, default=5.0)
@@ -244,6 +259,7 @@ def main() -> None:
         "monitor": service.loop_lag.stats().to_dict(),
         "spikes": sorted(phases.spikes, key=lambda spike: -spike[1])[:50],
         "gc": gc_times.to_dict(),
+        "peak_rss_mib": peak_rss_mib(),
     }
     args.out.write_text(json.dumps(out))
 

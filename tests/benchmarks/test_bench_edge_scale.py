@@ -9,7 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from splitnn.datasets import load_local
+from splitnn.models import ModelSpec
+from tests.benchmarks import load_benchmark
 
 BENCH = Path(__file__).parents[2] / "benchmarks" / "bench_edge_scale.py"
 
@@ -50,3 +55,76 @@ def test_quick_run_trains_every_batch_without_a_miss(tmp_path: Path) -> None:
     # The edge's own run report carries the loop lag its monitor measured.
     report = json.loads((tmp_path / f"devices-{devices}" / "report.json").read_text())
     assert report["loop_lag"]["total_samples"] > 0
+
+
+def test_serving_rate_counts_the_rounds_windows_not_the_time_between_them() -> None:
+    bench = load_benchmark("bench_edge_scale")
+
+    def device(batches: int, server_s: float, round_s: float | None) -> dict:
+        return {"batches": batches, "server_s": server_s, "round_s": round_s}
+
+    report = {
+        "rounds": [
+            # Round 1's window is its slowest device's: 4 s; round 2's 6 s (one device has
+            # no round_s: it never started, and counts for nothing).
+            {"duration_s": 30.0, "devices": {"a": device(10, 2.0, 4.0), "b": device(10, 2.0, 3.0)}},
+            {"duration_s": 30.0, "devices": {"a": device(10, 4.0, 6.0), "b": device(0, 0.0, None)}},
+        ]
+    }
+    serving = bench.serving_numbers(report)
+    assert serving["serving_s"] == pytest.approx(10.0)
+    assert serving["batches"] == 30
+    assert serving["batches_per_s"] == pytest.approx(3.0)  # not 30 / 60 s of rounds
+    assert serving["step_s"] == pytest.approx(0.8 / 3)
+    assert serving["busy_workers"] == pytest.approx(0.8)
+    empty = bench.serving_numbers({"rounds": []})
+    assert math.isnan(empty["batches_per_s"])
+    assert math.isnan(empty["step_s"])
+
+
+def test_the_held_out_subset_holds_every_class(tmp_path: Path) -> None:
+    bench = load_benchmark("bench_edge_scale")
+    labels = np.array([0] * 50 + [1] * 3 + [2] * 50, dtype=np.int64)
+    index = bench.held_out_subset(labels, 9, 3)
+    assert len(index) == 9
+    assert set(labels[index]) == {0, 1, 2}
+    assert list(index) == sorted(index)
+    with pytest.raises(ValueError, match="all 3 classes"):
+        bench.held_out_subset(labels, 2, 3)
+    # Written as the .npz the edge's --data reads: the model's input shape, every class.
+    config = bench.Config(
+        devices=(2,), rounds=1, batches=1, batch_size=4, think_s=0.1, jitter=0.0, split=1,
+        model="small_cnn", dataset="digits", policy="sl", batch_timeout_s=5.0, per_process=2,
+        cprofile=False, compute_workers=2, switch_interval_ms=None, eval_samples=30,
+    )  # fmt: skip
+    bench.write_held_out(config, tmp_path / "held-out.npz")
+    held_out = load_local(tmp_path / "held-out.npz", "test").dataset
+    assert len(held_out) == 30
+    assert held_out.input_shape == (1, 8, 8)
+    assert held_out.num_classes == 10
+
+
+def test_the_per_model_summary_names_each_model_and_its_rate(capsys) -> None:
+    bench = load_benchmark("bench_edge_scale")
+    spec = ModelSpec("vgg5", (3, 32, 32), 10)
+    facts = bench.model_facts(spec, 1)
+    assert (facts["blocks"], facts["edge_blocks"]) == (7, 6)
+    assert facts["act_values_per_sample"] == 32 * 32 * 32
+    assert 0 < facts["edge_params"] < facts["params"]
+    config = bench.Config(
+        devices=(20,), rounds=2, batches=5, batch_size=20, think_s=0.2, jitter=0.2, split=1,
+        model="vgg5", dataset="synthetic", policy="sl", batch_timeout_s=60.0, per_process=100,
+        cprofile=False, compute_workers=2, switch_interval_ms=None, eval_samples=200,
+        models=("vgg5",),
+    )  # fmt: skip
+    result = {
+        "model": "vgg5", "devices": 20, "offered_batches_per_s": 100.0, "batches_per_s": 20.0,
+        "serving": {"batches_per_s": 41.5, "step_s": 0.04, "busy_workers": 1.66},
+        "model_facts": facts, "rtt_s": {"median": 0.4, "p99": 0.9}, "late_gradients": 0,
+        "failed_batches": 0, "not_ok_device_rounds": 0, "edge_peak_rss_mib": 812.0,
+        "cpu_share": {"edge": 0.9, "mosquitto": 0.1, "devices": 0.3},
+    }  # fmt: skip
+    bench.print_models(config, [result])
+    row = next(line for line in capsys.readouterr().out.splitlines() if "vgg5" in line)
+    assert row.split()[:7] == ["vgg5", "6/7", "0.58M", "2.50", "20", "100", "41.5"]
+    assert row.split()[-1] == "812"
