@@ -153,7 +153,7 @@ fi
 # A digest of what gets installed, so an unchanged checkout is not rebuilt.
 source_digest() {
   (cd "$SOURCE" && find pyproject.toml schemas transport splitnn planner broker edge_service device_agent \
-    testbed experiments runtime ares -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 |
+    testbed experiments runtime serving ares -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 |
     LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 }
 
