@@ -149,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--keep-devices", action="store_true", help="do not stop devices at the end")
     edge.add_argument("--checkpoint", type=Path, help="checkpoint file (default ares-edge.ckpt)")
     edge.add_argument(
+        "--artifact",
+        type=Path,
+        help="when training ends, write the trained model with calibrated early exits here, "
+        "for ares serve (default: none; ares export makes one from the checkpoint)",
+    )
+    edge.add_argument(
+        "--exits", help="where the early exits sit: after these blocks, e.g. 1,3 (default: spread)"
+    )
+    edge.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free one)"
     )
     edge.add_argument(
@@ -384,6 +393,10 @@ def edge_settings(args: argparse.Namespace) -> tuple[EdgeSettings, dict[str, Any
         values["wire_dtypes"] = parse_per_device(args.wire_dtypes, "--wire-dtypes")
     if getattr(args, "keep_devices", False):
         values["finish_devices"] = False
+    if getattr(args, "artifact", None) is not None:
+        values["artifact"] = args.artifact
+    if getattr(args, "exits", None):
+        values["exits"] = parse_ints(args.exits, "--exits")
     return load_service_settings(EdgeSettings, args.config, values), values
 
 
@@ -421,9 +434,7 @@ def device_settings(
         "shard_count",
     )  # fmt: skip
     if args.allowed_cuts:
-        values["allowed_cuts"] = [
-            int(c) for c in parse_floats(args.allowed_cuts, -1, "--allowed-cuts")
-        ]
+        values["allowed_cuts"] = parse_ints(args.allowed_cuts, "--allowed-cuts")
     if args.power:
         compute, transmit, receive = parse_floats(args.power, 3, "--power")
         values.update(power_compute_w=compute, power_transmit_w=transmit, power_receive_w=receive)
@@ -498,6 +509,15 @@ def parse_floats(text: str, count: int, flag: str) -> list[float]:
         expected = f"{count} numbers" if count >= 0 else "numbers"
         raise SystemExit(f"ares: bad {flag} {text!r}; expected {expected} separated by commas")
     return values
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    """``1,3`` -> [1, 3]."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        problem = f"ares: bad {flag} {text!r}; expected whole numbers separated by commas"
+        raise SystemExit(problem) from None
 
 
 def shape_arg(text: str) -> tuple[int, ...]:

@@ -67,14 +67,17 @@ class DemoOptions:
     # How the demo follows the edge (its TLS, user, prefix); None: the defaults. The URL is the
     # broker's, set when it is known.
     mqtt: MqttSettings | None = None
+    # Where the edge writes the trained model with its early exits, for ares serve; None: nowhere.
+    artifact: Path | None = None
 
     def edge_argv(self) -> list[str]:
         """The edge's ``ares`` arguments (the broker's URL comes in ARES_MQTT__URL)."""
         config = ["--config", str(self.config)] if self.config is not None else []
+        artifact = ["--artifact", str(self.artifact)] if self.artifact is not None else []
         return [
             "edge", *config, "--rounds", str(self.rounds), "--min-devices", str(len(self.devices)),
             "--report", str(self.report), "--checkpoint", str(self.run_dir / "edge.ckpt"),
-            *self.edge_flags,
+            *artifact, *self.edge_flags,
         ]  # fmt: skip
 
     def device_argv(self, device: DeviceLaunch, link: Sequence[str] = ()) -> list[str]:
@@ -188,6 +191,8 @@ def run_demo(options: DemoOptions) -> int:
     print_table(report)
     print(f"final accuracy {report.final_accuracy:.4f}; wall time {result.wall_s:.1f} s; "
           f"report {options.report}")  # fmt: skip
+    if options.artifact is not None and options.artifact.exists():
+        print(f"trained model with early exits {options.artifact} (ares serve --artifact ...)")
     return 0
 
 

@@ -101,6 +101,8 @@ def demo_options(args: argparse.Namespace) -> DemoOptions:
         scenario=scenario,
         config=config_file_path(args.config),
         mqtt=settings.mqtt,
+        # A model to serve, unless the settings name their own place for it.
+        artifact=None if settings.artifact is not None else run_dir / "model.ares",
     )
     check_before_start(options)
     return options

@@ -199,8 +199,9 @@ class EdgeService:
             log.error("model file %s not written: %s (ares export makes one from the checkpoint)",
                       path, exc)  # fmt: skip
             return
-        log.info("model file %s written: accuracy %.4f, exits at %s", path,
-                 artifact.calibration.full_accuracy, list(artifact.positions))  # fmt: skip
+        log.info("model file %s written: accuracy %.4f on the %d held-out samples kept from "
+                 "calibrating the exits at %s", path, artifact.calibration.full_accuracy,
+                 artifact.calibration.samples, list(artifact.positions))  # fmt: skip
 
     # --- shutdown -------------------------------------------------------------------------------
 

@@ -197,6 +197,18 @@ def test_splits_go_to_the_edge(runs: list[DemoOptions], capsys: pytest.CaptureFi
     assert flag_value(options.edge_argv(), "--splits") == "dev-0=1,dev-1=3"
 
 
+def test_the_demo_writes_a_model_to_serve_unless_the_settings_say_where(
+    runs: list[DemoOptions], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["demo", "--run-dir", str(tmp_path / "run")]) == 0
+    config = tmp_path / "demo.toml"
+    config.write_text(f'artifact = "{tmp_path / "mine.ares"}"\n')
+    assert main(["demo", "--config", str(config)]) == 0
+    default, configured = runs
+    assert flag_value(default.edge_argv(), "--artifact") == str(tmp_path / "run" / "model.ares")
+    assert "--artifact" not in configured.edge_argv()  # the edge reads it from the same file
+
+
 # --- help ----------------------------------------------------------------------------------
 
 

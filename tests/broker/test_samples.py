@@ -20,6 +20,7 @@ import pytest
 import broker
 from broker import BrokerConfig, LocalBroker, find_mosquitto, free_port, probe_mqtt
 from broker.probe import connect_packet, parse_connack
+from broker.provision import render_acl
 
 pytestmark = pytest.mark.broker
 
@@ -56,6 +57,15 @@ async def collect_until(c: aiomqtt.Client, sentinel: bytes) -> list[tuple[str, b
             if m.payload == sentinel:
                 return got
     raise AssertionError("unreachable")
+
+
+def patterns(acl: str) -> set[str]:
+    return {line for line in acl.splitlines() if line.startswith("pattern ")}
+
+
+def test_acl_sample_grants_devices_what_the_generated_acl_grants() -> None:
+    """Every device channel of the wire contract (serving's included) is in the sample."""
+    assert patterns((SAMPLES / "acl.sample").read_text()) == patterns(render_acl())
 
 
 async def test_acl_sample_confines_each_device(password_file: Path) -> None:
