@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ares.arg_types import partition_arg
 from experiments.options import POLICIES, QUICK_BATCHES, QUICK_ROUNDS, BenchOptions
 from experiments.runner import bench
 from testbed.scenario import check_model_name, load_scenario, shipped_scenarios
@@ -44,6 +45,13 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="train this model instead of the scenario's: a registered one (vgg5, mobilenetv2, "
         "resnet18, ...) or package.module:callable; emulated boards price it from its FLOPs "
         "and bytes per block",
+    )
+    parser.add_argument(
+        "--partition",
+        type=partition_arg,
+        metavar="SCHEME",
+        help="how the devices' shards are drawn, instead of the scenario's: iid, label_skew or "
+        "dirichlet:ALPHA",
     )
     parser.add_argument(
         "--policies", help=f"comma-separated, in running order (default {','.join(POLICIES)})"
@@ -112,6 +120,8 @@ def bench_options(args: argparse.Namespace) -> BenchOptions:
         except ValueError as exc:
             raise ValueError(f"--model: {exc}") from None
         scenario = scenario.model_copy(update={"model": args.model})
+    if args.partition is not None:
+        scenario = scenario.model_copy(update={"partition": args.partition})
     return BenchOptions(
         scenario=scenario,
         out=args.out,

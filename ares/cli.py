@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import ValidationError
 
 import runtime
+from ares.arg_types import partition_arg, shape_arg
 from ares.bench_command import add_bench_parser
 from ares.broker_command import add_broker_parser
 from ares.demo_command import DemoHelpFormatter
@@ -46,7 +47,7 @@ from schemas.config_file import (
     show_settings,
 )
 from schemas.errors import AresError
-from schemas.partitions import PARTITION_HELP, PartitionError, check_partition
+from schemas.partitions import PARTITION_HELP
 from testbed.scenario import shipped_scenarios
 
 if TYPE_CHECKING:
@@ -520,31 +521,12 @@ def parse_ints(text: str, flag: str) -> list[int]:
         raise SystemExit(problem) from None
 
 
-def shape_arg(text: str) -> tuple[int, ...]:
-    """``--input-shape``: 3x32x32 (or 3,32,32) -> (3, 32, 32)."""
-    try:
-        shape = tuple(int(n) for n in text.replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes such as 3x32x32, got {text!r}") from None
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return shape
-
-
 def names_arg(text: str) -> list[str]:
     """``--classes``: cat,dog -> ["cat", "dog"]."""
     names = [n.strip() for n in text.split(",")]
     if not all(names) or len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"expected distinct comma-separated names, got {text!r}")
     return names
-
-
-def partition_arg(text: str) -> str:
-    """``--partition``'s value in its canonical text (argparse reports a bad one)."""
-    try:
-        return check_partition(text)
-    except PartitionError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -65,6 +65,17 @@ def test_model_flag_replaces_the_scenarios_model(tmp_path):
         bench_options(parse("--scenario", str(TINY), "--out", "x", "--model", "nope"))
 
 
+def test_partition_flag_replaces_the_scenarios(tmp_path, capsys):
+    options = bench_options(
+        parse("--scenario", str(TINY), "--out", "x", "--partition", "dirichlet:0.3")
+    )
+    assert options.scenario.partition == "dirichlet:0.3"
+    assert bench_options(parse("--scenario", str(TINY), "--out", "x")).scenario.partition == "iid"
+    with pytest.raises(SystemExit):
+        parse("--scenario", str(TINY), "--out", "x", "--partition", "dirichlet:-1")
+    assert "--partition" in capsys.readouterr().err
+
+
 def test_the_tiny_scenario_loads():
     scenario = load_scenario(TINY)
     assert [d.id for d in scenario.devices] == ["nano", "pi"]

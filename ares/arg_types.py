@@ -1,0 +1,28 @@
+"""Flag value types the commands share (argparse reports a bad value with the flag's name)."""
+
+from __future__ import annotations
+
+import argparse
+
+from schemas.partitions import PartitionError, check_partition
+
+__all__ = ["partition_arg", "shape_arg"]
+
+
+def shape_arg(text: str) -> tuple[int, ...]:
+    """``--input-shape``: 3x32x32 (or 3,32,32) -> (3, 32, 32)."""
+    try:
+        shape = tuple(int(n) for n in text.replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 3x32x32, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return shape
+
+
+def partition_arg(text: str) -> str:
+    """``--partition``'s value in its canonical text (argparse reports a bad one)."""
+    try:
+        return check_partition(text)
+    except PartitionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
