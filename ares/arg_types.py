@@ -6,7 +6,7 @@ import argparse
 
 from schemas.partitions import PartitionError, check_partition
 
-__all__ = ["partition_arg", "shape_arg"]
+__all__ = ["partition_arg", "positions_arg", "shape_arg"]
 
 
 def shape_arg(text: str) -> tuple[int, ...]:
@@ -26,3 +26,11 @@ def partition_arg(text: str) -> str:
         return check_partition(text)
     except PartitionError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positions_arg(text: str) -> list[int]:
+    """``--exits``: 2,4 -> [2, 4] (the settings check each is a block boundary)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positions such as 2,4, got {text!r}") from None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import ValidationError
 
 import runtime
-from ares.arg_types import partition_arg, shape_arg
+from ares.arg_types import partition_arg, positions_arg, shape_arg
 from ares.bench_command import add_bench_parser
 from ares.broker_command import add_broker_parser
 from ares.demo_command import DemoHelpFormatter
@@ -156,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
         "for ares serve (default: none; ares export makes one from the checkpoint)",
     )
     edge.add_argument(
-        "--exits", help="where the early exits sit: after these blocks, e.g. 1,3 (default: spread)"
+        "--exits",
+        type=positions_arg,
+        metavar="P,Q,...",
+        help="where the early exits sit: after these blocks, e.g. 1,3 (default: spread)",
     )
     edge.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on this port (0: any free one)"
@@ -396,8 +399,8 @@ def edge_settings(args: argparse.Namespace) -> tuple[EdgeSettings, dict[str, Any
         values["finish_devices"] = False
     if getattr(args, "artifact", None) is not None:
         values["artifact"] = args.artifact
-    if getattr(args, "exits", None):
-        values["exits"] = parse_ints(args.exits, "--exits")
+    if getattr(args, "exits", None) is not None:
+        values["exits"] = args.exits
     return load_service_settings(EdgeSettings, args.config, values), values
 
 

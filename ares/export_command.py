@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ares.arg_types import positions_arg
 from schemas.errors import AresError
 
 if TYPE_CHECKING:  # torch: imported when the command runs, not when the CLI starts
@@ -57,7 +58,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     _own_data_flags(parser, "the edge's own held-out set, if the run had one")
     parser.add_argument("--seed", type=int, help="the run's seed (the dataset's test split)")
     parser.add_argument(
-        "--exits", type=_positions_arg, metavar="P,Q,...",
+        "--exits", type=positions_arg, metavar="P,Q,...",
         help="exit positions (an exit at p reads block p's output; default: every boundary "
         "of a model of up to 8 blocks, else 4 to 6 spread over its first two thirds)",
     )  # fmt: skip
@@ -65,13 +66,6 @@ def add_export_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--torch-device", help="auto, cpu, cuda, ...")
     parser.add_argument("--torch-threads", type=int)
     parser.set_defaults(handler=run_export)
-
-
-def _positions_arg(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected positions such as 2,4, got {text!r}") from None
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -109,14 +109,17 @@ def test_own_data_flags_reach_the_settings(tmp_path: Path) -> None:
     assert edge.model == "a.b:c"
 
 
-def test_the_edge_writes_the_model_to_serve_where_its_flags_say(tmp_path: Path) -> None:
+def test_the_edge_writes_the_model_to_serve_where_its_flags_say(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from ares.cli import build_parser, edge_settings
 
     flags = ["edge", "--artifact", str(tmp_path / "m.ares"), "--exits", "1,3"]
     edge, _ = edge_settings(build_parser().parse_args(flags))
     assert (edge.artifact, edge.exits) == (tmp_path / "m.ares", [1, 3])
-    with pytest.raises(SystemExit, match="--exits"):
-        edge_settings(build_parser().parse_args(["edge", "--exits", "1,x"]))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["edge", "--exits", "1,x"])
+    assert "--exits" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
