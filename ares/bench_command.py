@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ares.arg_types import partition_arg
+from ares.serving_bench_command import add_inference_flags, run_inference_bench
 from experiments.options import POLICIES, QUICK_BATCHES, QUICK_ROUNDS, BenchOptions
 from experiments.runner import bench
-from testbed.scenario import check_model_name, load_scenario, shipped_scenarios
+from testbed.scenario import Scenario, check_model_name, load_scenario, shipped_scenarios
 
 if TYPE_CHECKING:
     from ares.demo import RunResult
     from experiments.launch import ScenarioRun
 
-__all__ = ["add_bench_parser", "bench_options", "parse_policies", "run_bench"]
+__all__ = ["add_bench_parser", "bench_options", "bench_scenario", "parse_policies", "run_bench"]
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,11 +74,15 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument("--sl-cut", type=int, help="sl-best's cut (default: the cost model's)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per policy run, seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_inference_flags(parser)
     parser.set_defaults(handler=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """The ``bench`` handler: options from flags, then the bench, each run by the demo's means."""
+    """The ``bench`` handler: options from flags, then the bench, each run by the demo's means
+    (``--task inference``: the serving bench, :mod:`ares.serving_bench_command`)."""
+    if args.task == "inference":
+        return run_inference_bench(args)
     return bench(bench_options(args), _run_scenario)
 
 
@@ -113,13 +118,7 @@ def bench_options(args: argparse.Namespace) -> BenchOptions:
             raise ValueError(f"{name} must be at least 1, got {number}")
     if args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout:g}")
-    scenario = load_scenario(args.scenario)
-    if args.model is not None:
-        try:
-            check_model_name(args.model)
-        except ValueError as exc:
-            raise ValueError(f"--model: {exc}") from None
-        scenario = scenario.model_copy(update={"model": args.model})
+    scenario = bench_scenario(args)
     if args.partition is not None:
         scenario = scenario.model_copy(update={"partition": args.partition})
     return BenchOptions(
@@ -135,6 +134,18 @@ def bench_options(args: argparse.Namespace) -> BenchOptions:
         timeout_s=args.timeout,
         progress=False if args.no_progress else None,
     )
+
+
+def bench_scenario(args: argparse.Namespace) -> Scenario:
+    """``--scenario``, with ``--model``'s model if given; a ValueError names a bad flag."""
+    scenario = load_scenario(args.scenario)
+    if args.model is not None:
+        try:
+            check_model_name(args.model)
+        except ValueError as exc:
+            raise ValueError(f"--model: {exc}") from None
+        scenario = scenario.model_copy(update={"model": args.model})
+    return scenario
 
 
 def parse_policies(text: str) -> tuple[str, ...]:

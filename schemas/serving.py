@@ -263,6 +263,12 @@ class ServeTelemetry(WireModel):
     battery_pct: Annotated[float, Field(ge=0, le=100)] | None = None
     charging: bool | None = None
     board_power_w: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    # The window's device-side cost, as the cost model prices a request: seconds computing
+    # (an emulated board's paced time) and sending activations, and the joules they take at the
+    # device's power figures (None: it has none, declared or from its board).
+    busy_s: Seconds = 0.0
+    uplink_s: Seconds = 0.0
+    energy_j: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
 
 
 class ServeActMeta(WireModel):

@@ -31,6 +31,7 @@ import torch
 from device_agent.host import host_environment
 from device_agent.link_estimate import LinkEstimate
 from device_agent.ports import Environment, Pace
+from planner.energy import device_energy_j
 from schemas import (
     ModelInfo,
     PowerFigures,
@@ -529,15 +530,7 @@ class ServingDevice(LinkService):
     async def _send_hello(self) -> None:
         assert self.artifact is not None
         s = self.settings
-        power = None
-        if s.power_compute_w is not None:
-            power = PowerFigures(
-                compute_w=s.power_compute_w,
-                transmit_w=s.power_transmit_w or 0.0,
-                receive_w=s.power_receive_w or 0.0,
-            )
-        else:
-            power = self.environment.board.power()
+        power = self._power()
         battery = self.environment.battery.reading()
         memory = int(s.memory_mb * 1e6) if s.memory_mb else self.environment.board.memory_bytes
         hello = ServeHello(
@@ -560,6 +553,17 @@ class ServingDevice(LinkService):
                 self.topics.device(self.device_id, ServeChannel.HELLO), to_json(hello)
             )
 
+    def _power(self) -> PowerFigures | None:
+        """The power figures the owner declared, else the board's (None: neither)."""
+        s = self.settings
+        if s.power_compute_w is not None:
+            return PowerFigures(
+                compute_w=s.power_compute_w,
+                transmit_w=s.power_transmit_w or 0.0,
+                receive_w=s.power_receive_w or 0.0,
+            )
+        return self.environment.board.power()
+
     async def _telemetry_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.telemetry_interval_s)
@@ -572,6 +576,7 @@ class ServingDevice(LinkService):
         window, self._window = self._window, ServeWindow()
         busy_s, uplink_s, self._busy_s, self._uplink_s = self._busy_s, self._uplink_s, 0.0, 0.0
         self.environment.battery.account(busy_s, uplink_s, 0.0)
+        power = self._power()
         battery = self.environment.battery.reading()
         board = self.environment.power_meter.reading()
         up, down = self.link_estimate.uplink, self.link_estimate.downlink
@@ -597,6 +602,9 @@ class ServingDevice(LinkService):
             battery_pct=battery.percent if battery else None,
             charging=battery.charging if battery else None,
             board_power_w=board.total_w if board else None,
+            busy_s=busy_s,
+            uplink_s=uplink_s,
+            energy_j=device_energy_j(power, busy_s, uplink_s, 0.0) if power else None,
         )
         await self._publish(
             self.topics.device(self.device_id, ServeChannel.TELEMETRY), to_json(telemetry)
