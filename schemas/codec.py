@@ -7,6 +7,11 @@ map of metadata (validated by the schema models, not here), each tensor is a hea
 Encoding packs straight from a memoryview of the contiguous array (one copy, into the output).
 Decoding never copies tensor data: it walks the frame, finds each bin's offset and wraps it with
 ``numpy.frombuffer`` (read-only views into the payload). Everything malformed raises CodecError.
+
+A quantised tensor (``schemas.quantization``: int8, int4) has the header ``{"name", "format",
+"shape", "axis", "scale", "zero"}`` instead, its bin the packed codes; it decodes to a
+:class:`~schemas.quantization.QuantizedTensor` in ``Frame.quantized`` (codes zero-copy, checked
+against the shape, scales and zero points checked), never to a plain array.
 """
 
 from __future__ import annotations
@@ -14,13 +19,15 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
 
-from schemas.errors import AresError
+from schemas import quantization
+from schemas.errors import CodecError as CodecError
+from schemas.quantization import QuantizedTensor, WireTensor
 
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_META_BYTES = 64 * 1024
@@ -36,26 +43,26 @@ SUPPORTED_DTYPES: Mapping[str, np.dtype[Any]] = {
 _HEADER_KEYS = frozenset({"name", "dtype", "shape"})
 
 
-class CodecError(AresError, ValueError):
-    """A frame could not be encoded or decoded; ``reason`` is a short machine-readable code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A decoded frame: metadata and named tensors (read-only views into the payload)."""
+    """A decoded frame: metadata and named tensors (read-only views into the payload); the
+    quantised ones apart, since they are no arrays until dequantised."""
 
     meta: dict[str, Any]
     tensors: dict[str, np.ndarray]
+    quantized: dict[str, QuantizedTensor] = field(default_factory=dict)
+
+    def names(self) -> set[str]:
+        return set(self.tensors) | set(self.quantized)
+
+    def tensor(self, name: str) -> WireTensor | None:
+        """The tensor called ``name``, plain or quantised; None if the frame has none."""
+        return self.tensors[name] if name in self.tensors else self.quantized.get(name)
 
 
 def encode_frame(
     meta: Mapping[str, Any],
-    tensors: Mapping[str, np.ndarray] | None = None,
+    tensors: Mapping[str, WireTensor] | None = None,
     *,
     max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> bytes:
@@ -69,7 +76,9 @@ def encode_frame(
     return payload
 
 
-def _encode_tensor(name: str, array: np.ndarray) -> list[Any]:
+def _encode_tensor(name: str, array: WireTensor) -> list[Any]:
+    if isinstance(array, QuantizedTensor):
+        return [quantization.header_of(name, array), array.data.data.cast("B")]
     dtype_name = array.dtype.name
     if dtype_name not in SUPPORTED_DTYPES:
         raise CodecError("bad_dtype", f"tensor {name!r} has unsupported dtype {dtype_name}")
@@ -98,30 +107,60 @@ def decode_frame(
     if not isinstance(meta, dict):
         raise CodecError("malformed", "frame metadata is not a map")
     tensors: dict[str, np.ndarray] = {}
+    quantized: dict[str, QuantizedTensor] = {}
     for _ in range(count - 1):
         name, array, pos = _decode_tensor(payload, view, pos)
-        if name in tensors:
+        if name in tensors or name in quantized:
             raise CodecError("malformed", f"tensor {name!r} appears twice")
-        tensors[name] = array
+        if isinstance(array, QuantizedTensor):
+            quantized[name] = array
+        else:
+            tensors[name] = array
     if pos != len(view):
         raise CodecError("malformed", f"{len(view) - pos} trailing bytes after the frame")
-    return Frame(meta=meta, tensors=tensors)
+    return Frame(meta=meta, tensors=tensors, quantized=quantized)
 
 
 def _decode_tensor(
     payload: bytes | bytearray | memoryview, view: memoryview, pos: int
-) -> tuple[str, np.ndarray, int]:
+) -> tuple[str, WireTensor, int]:
     pair, pos = _array_header(view, pos)
     if pair != 2:
         raise CodecError("malformed", "a tensor must be [header, bin]")
-    header, pos = _small_object(view, pos)
-    if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
-        raise CodecError("malformed", f"tensor header must have exactly {sorted(_HEADER_KEYS)}")
-    name, dtype_name, shape = header["name"], header["dtype"], header["shape"]
+    # Only a quantised tensor's header holds bins (its scales and zero points).
+    header, pos = _small_object(view, pos, max_bin_len=MAX_META_BYTES)
+    if not isinstance(header, dict) or set(header) not in (
+        _HEADER_KEYS,
+        quantization.HEADER_KEYS,
+    ):
+        raise CodecError(
+            "malformed",
+            f"tensor header must have exactly {sorted(_HEADER_KEYS)} "
+            f"or {sorted(quantization.HEADER_KEYS)}",
+        )
+    name, shape = header["name"], header["shape"]
     if not isinstance(name, str) or not name:
         raise CodecError("malformed", "tensor name must be a non-empty string")
+    _check_shape(name, shape)
+    if "format" in header:
+        size, pos = _bin_header(view, pos)
+        quantization.check_header(header, tuple(shape), size)
+        data = np.frombuffer(payload, dtype=np.uint8, count=size, offset=pos)
+        return name, quantization.from_header(header, tuple(shape), data), pos + size
+    dtype_name = header["dtype"]
     if not isinstance(dtype_name, str) or dtype_name not in SUPPORTED_DTYPES:
         raise CodecError("bad_dtype", f"tensor {name!r} has unsupported dtype {dtype_name!r}")
+    size, pos = _bin_header(view, pos)
+    dtype = SUPPORTED_DTYPES[dtype_name]
+    if size != math.prod(shape) * dtype.itemsize:
+        raise CodecError(
+            "bad_shape", f"tensor {name!r}: {size} bytes do not hold {dtype_name}{shape}"
+        )
+    array = np.frombuffer(payload, dtype=dtype, count=math.prod(shape), offset=pos)
+    return name, array.reshape(shape), pos + size
+
+
+def _check_shape(name: str, shape: Any) -> None:
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_NDIM
@@ -131,14 +170,6 @@ def _decode_tensor(
     if math.prod(max(d, 1) for d in shape) > MAX_DIM:
         # Even an empty array cannot take a shape whose other dimensions multiply past this.
         raise CodecError("bad_shape", f"tensor {name!r} has an absurd shape {shape!r}")
-    size, pos = _bin_header(view, pos)
-    dtype = SUPPORTED_DTYPES[dtype_name]
-    if size != math.prod(shape) * dtype.itemsize:
-        raise CodecError(
-            "bad_shape", f"tensor {name!r}: {size} bytes do not hold {dtype_name}{shape}"
-        )
-    array = np.frombuffer(payload, dtype=dtype, count=math.prod(shape), offset=pos)
-    return name, array.reshape(shape), pos + size
 
 
 def _array_header(view: memoryview, pos: int) -> tuple[int, int]:
@@ -164,10 +195,10 @@ def _bin_header(view: memoryview, pos: int) -> tuple[int, int]:
     return size, pos + skip
 
 
-def _small_object(view: memoryview, pos: int) -> tuple[Any, int]:
+def _small_object(view: memoryview, pos: int, max_bin_len: int = 0) -> tuple[Any, int]:
     """Unpack one small msgpack object (metadata, header) without touching tensor bytes."""
     unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=True, max_buffer_size=MAX_META_BYTES, max_bin_len=0
+        raw=False, strict_map_key=True, max_buffer_size=MAX_META_BYTES, max_bin_len=max_bin_len
     )
     unpacker.feed(view[pos : pos + MAX_META_BYTES])
     try:

@@ -11,3 +11,15 @@ from __future__ import annotations
 
 class AresError(Exception):
     """Something this project detected and can explain in one line (``str(error)``)."""
+
+
+class CodecError(AresError, ValueError):
+    """A frame could not be encoded or decoded; ``reason`` is a short machine-readable code.
+
+    Here rather than in ``schemas.codec`` so that the codec's formats (``schemas.quantization``)
+    raise it without importing the codec."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
