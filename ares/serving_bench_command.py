@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
-# The demo's process handling and link shaping, shared rather than copied (private there: the
-# demo is their only other user).
-from ares.demo import (
-    DemoOptions,
-    RunResult,
-    _links,
-    _Processes,
-    _quiet,
-    child_environment,
-    run_once,
-)
+# The demo's process handling, shared rather than copied (private there: the demo is its only
+# other user).
+from ares.demo import DemoOptions, RunResult, _Processes, _quiet, child_environment, run_once
 from broker import BrokerConfig, LocalBroker
 from experiments.inference.launch import ServingRun, TrainingRun
 from experiments.inference.options import (
@@ -34,9 +27,7 @@ from experiments.inference.options import (
     SERVING_BENCH_POLICIES,
     InferenceOptions,
 )
-from testbed.links import EmulatedLink, LinkLab
-from testbed.scenario import DeviceSpec, Scenario, ScheduleSpec
-from testbed.schedule import RateSchedule, parse_schedule
+from testbed.scenario import DeviceSpec
 
 __all__ = ["add_inference_flags", "launch_serving", "run_inference_bench", "train_model"]
 
@@ -146,12 +137,16 @@ def train_model(run: TrainingRun) -> RunResult:
 
 
 class _ServingSystem:
+    """The run's broker and processes. Links are shaped in each device's agent (a token bucket
+    with a one-frame burst), never with tc: tc's bucket must pass a GSO burst (8 frames, 12 kB),
+    so after any pause a whole request of one image (VGG5's is 12,288 bytes) would cross it at
+    line rate and a link drop would never show in a request's latency. Training's messages are
+    far larger than that burst, so the training bench keeps tc."""
+
     def __init__(self, run: ServingRun, demo: DemoOptions, stack: contextlib.ExitStack) -> None:
         self.run = run
         self._demo = demo
-        self._lab, self._link_flags = _links(demo, stack, _quiet)
-        extra = (self._lab.host_ip,) if self._lab else ()
-        self._broker = stack.enter_context(LocalBroker(BrokerConfig(extra_hosts=extra)))
+        self._broker = stack.enter_context(LocalBroker(BrokerConfig()))
         self._processes = stack.enter_context(_Processes(run.run_dir, _quiet))
 
     @property
@@ -160,28 +155,22 @@ class _ServingSystem:
 
     @property
     def link_clock_at_load(self) -> bool:
-        return self._lab is not None
+        return False  # each agent follows its link's schedule from its own start
 
     def start_processes(self) -> None:
         run, env = self.run, child_environment(self.url)
         artifact = ("--artifact", str(run.artifact))
         edge = ["serve", *artifact, "--policy", run.policy, "--alpha", str(run.alpha)]
         self._processes.start("edge", edge, env)
+        device_env = {**env, "ARES_TELEMETRY_INTERVAL_S": str(run.telemetry_interval_s)}
         for device in self._demo.devices:
-            prefix: tuple[str, ...] = ()
-            device_env = {**env, "ARES_TELEMETRY_INTERVAL_S": str(run.telemetry_interval_s)}
-            if self._lab is not None and device.spec is not None:
-                link = _add_link(self._lab, device.device_id, device.spec, run.scenario)
-                prefix = tuple(link.exec_prefix())
-                port = self.url.rsplit(":", 1)[1]
-                device_env["ARES_MQTT__URL"] = f"mqtt://{self._lab.host_ip}:{port}"
             argv = ["device", "--serve", *artifact, "--id", device.device_id,
                     "--deadline-ms", str(run.deadline_ms), *device.flags,
-                    *self._link_flags(device)]  # fmt: skip
-            self._processes.start(device.device_id, argv, device_env, prefix=prefix)
+                    *_token_bucket(device.spec)]  # fmt: skip
+            self._processes.start(device.device_id, argv, device_env)
 
     def link_schedules(self) -> Coroutine[Any, Any, None] | None:
-        return self._lab.run_schedules() if self._lab is not None else None
+        return None
 
     def problem(self) -> str | None:
         for name in ("edge", *(d.device_id for d in self._demo.devices)):
@@ -191,17 +180,13 @@ class _ServingSystem:
         return None
 
 
-def _add_link(lab: LinkLab, device_id: str, spec: DeviceSpec, scenario: Scenario) -> EmulatedLink:
-    def scaled(value: ScheduleSpec) -> RateSchedule:
-        return parse_schedule(value).scaled(scenario.time_scale)
-
-    return lab.add_device(
-        device_id,
-        uplink=scaled(spec.uplink),
-        downlink=scaled(spec.downlink if spec.downlink is not None else spec.uplink),
-        delay_ms=spec.delay_ms,
-        loss_pct=spec.loss_pct,
-    )
+def _token_bucket(spec: DeviceSpec | None) -> tuple[str, ...]:
+    """The agent's own shaping of the scenario device's links (its schedules included)."""
+    if spec is None:
+        return ()
+    downlink = spec.downlink if spec.downlink is not None else spec.uplink
+    return ("--link-mode", "token-bucket", "--uplink", json.dumps(spec.uplink),
+            "--downlink", json.dumps(downlink))  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from experiments.inference.aggregate import Record
 from experiments.inference.load import PolicyTrace
@@ -76,6 +77,8 @@ def _timeline_figure(
         cut_ax, exit_ax = axes[row]
         times, cuts = _cuts(trace.plans, device, end_s)
         cut_ax.step(times, cuts, where="post", color="C0")
+        cut_ax.set_ylim(-0.5, max([*cuts, 1]) + 0.5)
+        cut_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         cut_ax.set_ylabel(f"{device}\ncut", color="C0")
         records = [r for r in trace.records if r.device == device]
         centres, rates = exit_rate_bins(records, end_s)
