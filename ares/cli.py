@@ -47,6 +47,7 @@ from schemas.config_file import (
     show_settings,
 )
 from schemas.errors import AresError
+from schemas.messages import WIRE_DTYPES
 from schemas.partitions import PARTITION_HELP
 from testbed.scenario import shipped_scenarios
 
@@ -144,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     _mqtt_flags(edge)
     edge.add_argument("--min-devices", type=int, help="devices to wait for before round 1")
     edge.add_argument("--splits", help="per-device cuts for sl, e.g. dev-0=1,dev-1=3")
-    edge.add_argument("--wire-dtypes", help="per-device wire dtypes, e.g. pi-1=float16")
+    edge.add_argument(
+        "--wire-dtypes", help="per-device wire formats, e.g. pi-1=float16,jetson-1=int8"
+    )
     edge.add_argument("--torch-device", help="auto, cpu, cuda, cuda:1, ...")
     edge.add_argument("--torch-threads", type=int)
     edge.add_argument("--keep-devices", action="store_true", help="do not stop devices at the end")
@@ -252,7 +255,10 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches-per-round", type=int, help="default: one local epoch")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument(
-        "--wire-dtype", choices=["float32", "float16"], help="activations and gradients on the wire"
+        "--wire-dtype",
+        choices=WIRE_DTYPES,
+        help="activations and gradients on the wire: float32, float16, or quantised int8 or "
+        "int4 (affine per channel)",
     )
     p.add_argument("--seed", type=int, help="model initialisation and data shards")
     p.add_argument("--report", type=Path, help="write the JSON run report here")

@@ -37,6 +37,7 @@ from planner.inputs import BuiltModel, plan_inputs_from_dict
 from planner.plan_document import NamedModel
 from schemas.documents import DocumentError, read_document
 from schemas.errors import AresError
+from schemas.messages import WIRE_DTYPES
 from testbed.scenario import (
     Scenario,
     load_scenario,
@@ -111,7 +112,7 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     )
     parser.add_argument(
         "--wire-dtype",
-        choices=["float32", "float16"],
+        choices=WIRE_DTYPES,
         help="what-if: activations and gradients on the wire in this dtype instead of FILE's",
     )
     parser.set_defaults(handler=run_plan)

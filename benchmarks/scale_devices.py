@@ -49,6 +49,8 @@ from schemas import (
     RoundClose,
     RoundStart,
     Welcome,
+    WireTensor,
+    to_wire,
 )
 from transport import MqttSettings
 
@@ -190,7 +192,7 @@ class ThinkingTrainer:
         self._start, self._state = start, dict(state)
         self.trains_whole_model = start.cut >= len(self.fleet.cut_shapes)
 
-    async def forward(self) -> tuple[np.ndarray, np.ndarray]:
+    async def forward(self) -> tuple[WireTensor, np.ndarray]:
         assert self._start is not None
         self._think_s = self._think()
         due = time.monotonic() + FORWARD_SHARE * self._think_s
@@ -198,10 +200,10 @@ class ThinkingTrainer:
         self.tally.slip_s.append(time.monotonic() - due)
         train = self._start.train
         shape = (train.batch_size, *self.fleet.cut_shapes[self._start.cut - 1])
-        act = np.zeros(shape, dtype=np.dtype(train.wire_dtype))
+        act = to_wire(np.zeros(shape, dtype=np.float32), train.wire_dtype)
         return act, np.zeros(train.batch_size, dtype=np.int64)
 
-    async def backward(self, grad: np.ndarray) -> None:
+    async def backward(self, grad: WireTensor) -> None:
         await asyncio.sleep((1 - FORWARD_SHARE) * self._think_s)
 
     async def local_step(self) -> tuple[float, int]:

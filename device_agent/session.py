@@ -55,6 +55,7 @@ from schemas import (
     Topics,
     WeightsMeta,
     Welcome,
+    WireTensor,
     decode_frame,
     encode_frame,
     parse_ctrl,
@@ -62,9 +63,10 @@ from schemas import (
     parse_meta,
     to_json,
     to_meta,
+    wire_format,
 )
 from schemas.errors import AresError
-from schemas.messages import DeviceState
+from schemas.messages import WIRE_DTYPES, DeviceState
 from transport import Connect, LastWill, Link, LinkError, Message, mqtt_connector
 from transport.tasks import BackgroundTasks, cancel_and_wait
 
@@ -130,12 +132,13 @@ class Trainer(Protocol):
         """Build the device part for the round's cut from the edge's weights ``state``."""
         ...
 
-    async def forward(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next batch forward to the cut: (activations in the wire dtype, labels)."""
+    async def forward(self) -> tuple[WireTensor, np.ndarray]:
+        """The next batch forward to the cut: (activations in the round's wire format, labels)."""
         ...
 
-    async def backward(self, grad: np.ndarray) -> None:
-        """Finish the batch with the gradient of its activations, and step."""
+    async def backward(self, grad: WireTensor) -> None:
+        """Finish the batch with the gradient of its activations (in the wire format: the
+        trainer dequantises it in its own thread), and step."""
         ...
 
     async def local_step(self) -> tuple[float, int]:
@@ -514,7 +517,9 @@ class DeviceSession(Generic[TrainerT]):
                 edge_s = parse_meta(GradientMeta, reply.meta).server_s
                 self.events.gradient(time.perf_counter() - first_sent, edge_s)
                 downlink_s = max(round_trip - uplink_s - edge_s, 0.0)
-                grad_bytes = sum(t.nbytes for t in reply.tensors.values())
+                grad_bytes = sum(t.nbytes for t in reply.tensors.values()) + sum(
+                    t.nbytes for t in reply.quantized.values()
+                )
                 self.link.uplink.add(len(payload), uplink_s)
                 self.link.downlink.add(grad_bytes, downlink_s)
                 tally.round_trips.append(round_trip)
@@ -551,11 +556,12 @@ class DeviceSession(Generic[TrainerT]):
         return result
 
     @staticmethod
-    def _check_grad(reply: Frame, act: np.ndarray) -> np.ndarray:
-        grad = reply.tensors.get("grad")
-        if grad is None or grad.shape != act.shape or grad.dtype != act.dtype:
+    def _check_grad(reply: Frame, act: WireTensor) -> WireTensor:
+        grad = reply.tensor("grad")
+        if grad is None or grad.shape != act.shape or wire_format(grad) != wire_format(act):
             raise RoundFailed("the edge sent a gradient of the wrong shape or dtype")
-        if not np.isfinite(grad).all():
+        # A quantised gradient's values are finite by construction (the codec checked them).
+        if isinstance(grad, np.ndarray) and not np.isfinite(grad).all():
             raise RoundFailed("the edge sent a non-finite gradient")
         return grad
 
@@ -713,6 +719,7 @@ class DeviceSession(Generic[TrainerT]):
             labels=self.trainer.labels,
             profile=self.settings.profile,
             link_mode=self.settings.link_mode,
+            wire_dtypes=WIRE_DTYPES,
             **self._declared_resources(),
         )
         await self._publish(

@@ -20,7 +20,7 @@ from torch import nn
 from device_agent.ports import HostTimings
 from device_agent.profile_cache import ProfileCache, host_facts
 from device_agent.settings import DeviceSettings
-from schemas import ModelInfo, RoundStart
+from schemas import ModelInfo, RoundStart, WireDtype, WireTensor, from_wire, to_wire
 from splitnn.data import ArrayDataset, BatchStream
 from splitnn.errors import SplitError
 from splitnn.models import ModelSpec, architecture_fingerprint, num_blocks
@@ -42,7 +42,7 @@ class DeviceTrainer:
         self._part: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._outputs: torch.Tensor | None = None
-        self._wire_dtype = torch.float32
+        self._wire_dtype: WireDtype = "float32"
         self.trains_whole_model = False
         self.loss_fn = nn.CrossEntropyLoss()
 
@@ -67,25 +67,26 @@ class DeviceTrainer:
         self._optimizer = torch.optim.SGD(
             part.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
         )
-        self._wire_dtype = getattr(torch, train.wire_dtype)
+        self._wire_dtype = train.wire_dtype
         self.trains_whole_model = start.cut == num_blocks(spec)
         # The data order continues across rounds; a new batch size starts a new order.
         if self._stream is None or self._stream.batch_size != train.batch_size:
             self._stream = BatchStream(len(self.dataset), train.batch_size, self.seed)
 
-    def forward(self) -> tuple[np.ndarray, np.ndarray]:
-        """Forward the next batch to the cut; returns (activations in wire dtype, labels)."""
+    def forward(self) -> tuple[WireTensor, np.ndarray]:
+        """Forward the next batch to the cut; returns (activations in the wire format: cast or
+        quantised, labels)."""
         x, y = self._next_batch()
         assert self._part is not None
         self._outputs = self._part(x)
-        return to_numpy(self._outputs.detach().to(self._wire_dtype)), to_numpy(y)
+        return to_wire(to_numpy(self._outputs.detach()), self._wire_dtype), to_numpy(y)
 
-    def backward(self, grad: np.ndarray) -> None:
+    def backward(self, grad: WireTensor) -> None:
         """Finish the batch with the gradient of the cut activations from the edge."""
         assert self._outputs is not None
         assert self._optimizer is not None
         self._optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(self._outputs, from_numpy(grad).to(torch.float32))
+        torch.autograd.backward(self._outputs, from_numpy(from_wire(grad)).to(torch.float32))
         self._optimizer.step()
         self._outputs = None
 
@@ -166,10 +167,10 @@ class TorchTrainer:
     async def start_round(self, start: RoundStart, state: Mapping[str, np.ndarray]) -> None:
         await self.run(self.device_trainer.start_round, start, state)
 
-    async def forward(self) -> tuple[np.ndarray, np.ndarray]:
+    async def forward(self) -> tuple[WireTensor, np.ndarray]:
         return await self.run(self.device_trainer.forward)
 
-    async def backward(self, grad: np.ndarray) -> None:
+    async def backward(self, grad: WireTensor) -> None:
         await self.run(self.device_trainer.backward, grad)
 
     async def local_step(self) -> tuple[float, int]:

@@ -34,6 +34,7 @@ from schemas import (
     RoundStart,
     TrainConfig,
     to_json,
+    usable_wire_dtype,
     wire_itemsize,
 )
 from schemas.messages import EdgeState, WireDtype
@@ -85,6 +86,7 @@ class RoundDriver:
             close_grace_s=self.settings.close_grace_s,
             count_partial=self.settings.count_partial,
             protocol_of=lambda device_id: devices[device_id].protocol,
+            grad_error_feedback=self.settings.grad_error_feedback,
         )
 
     async def train(self) -> None:
@@ -275,7 +277,8 @@ class RoundDriver:
     # --- the round's settings per device ---------------------------------------------------------
 
     def _wire_dtype(self, device_id: str) -> WireDtype:
-        return self.settings.wire_dtypes.get(device_id, self.settings.wire_dtype)
+        wanted = self.settings.wire_dtypes.get(device_id, self.settings.wire_dtype)
+        return usable_wire_dtype(wanted, self.devices[device_id].hello.wire_dtypes)
 
     def _batches(self, samples: int) -> int:
         return self.settings.batches_per_round or math.ceil(samples / self.settings.batch_size)

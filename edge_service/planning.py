@@ -36,7 +36,7 @@ class DeviceReadings:
     uplink_bps: float | None = None
     downlink_bps: float | None = None
     link_source: str = "declared"  # measured, measured (stale) or declared
-    wire_itemsize: int = 4  # bytes per activation element on this device's wire
+    wire_itemsize: float = 4  # bytes per activation element on this device's wire (int4: 0.5)
     allowed_cuts: tuple[int, ...] | None = None
 
 

@@ -146,7 +146,7 @@ class DeviceRegistry(Mapping[str, DeviceRecord]):
             return LinkEstimate(up, record.hello.downlink_bps or up, "declared")
         return LinkEstimate(self.assumed_link_bps, self.assumed_link_bps, "assumed")
 
-    def readings(self, device_id: str, wire_itemsize: int, samples: int) -> DeviceReadings:
+    def readings(self, device_id: str, wire_itemsize: float, samples: int) -> DeviceReadings:
         """What the planner needs of one device this round."""
         record = self._records[device_id]
         live, link = record.telemetry, self.link(device_id)

@@ -62,6 +62,7 @@ class RoundContext:
     reject: Callable[[str, Rejected, int | None], None]
     # The protocol version a device speaks: its gradients are framed in it.
     protocol_of: Callable[[str], ProtocolVersion] = lambda _device_id: PROTOCOL_VERSION
+    grad_error_feedback: bool = False  # on quantised gradients (EdgeSettings)
 
 
 @dataclass
@@ -142,6 +143,7 @@ def prepare_parts(
                 torch_device=ctx.torch_device,
                 max_frame_bytes=ctx.max_frame_bytes,
                 protocol=ctx.protocol_of(device_id),
+                error_feedback=ctx.grad_error_feedback,
             )
         parts[device_id] = (device_state, session)
     return parts
@@ -318,7 +320,7 @@ class RoundRunner:
                     raise Rejected("bad_seq", f"batch {meta.seq}, expected {session.next_seq}")
                 if meta.seq >= device.train.batches:
                     raise Rejected("too_many_batches", f"round has {device.train.batches} batches")
-                act, labels = session.check_activation(frame.tensors)
+                act, labels = session.check_activation(frame)
             except Rejected as exc:
                 self.ctx.reject(device.device_id, exc, meta.seq)
                 continue

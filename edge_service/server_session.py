@@ -1,8 +1,9 @@
 """The edge's half of one device's round: its server part, its optimiser, its batch sequence.
 
-``check_activation`` validates a decoded frame against what this session expects; ``step`` runs
-server forward, loss, backward and the optimiser step (in a worker thread) and returns the
-encoded gradient frame.
+``check_activation`` validates a decoded frame against what this session expects (its wire
+format included); ``step`` runs server forward, loss, backward and the optimiser step (in a
+worker thread) and returns the encoded gradient frame, in the same wire format: a quantised
+activation is dequantised there, and the gradient quantised (with error feedback if asked).
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge_service.error_feedback import ErrorFeedback
 from edge_service.rejections import Rejected
 from schemas import (
     PROTOCOL_VERSION,
+    Frame,
     GradientMeta,
     ProtocolVersion,
     TrainConfig,
+    WireTensor,
     encode_frame,
+    from_wire,
     to_meta,
+    to_wire,
+    wire_format,
 )
+from schemas.quantization import quant_format
 from splitnn.models import ModelSpec, num_blocks
 from splitnn.partition import build_part, load_part_state
 from splitnn.tensors import from_numpy, to_numpy
@@ -55,6 +63,7 @@ class ServerSession:
         torch_device: torch.device,
         max_frame_bytes: int,
         protocol: ProtocolVersion = PROTOCOL_VERSION,  # the device's: its gradients speak it
+        error_feedback: bool = False,  # on quantised gradients
     ) -> None:
         self.device_id = device_id
         self.round_no = round_no
@@ -78,15 +87,17 @@ class ServerSession:
         self.stats = SessionStats()
         self.next_seq = 0
         self.last_reply: bytes | None = None  # re-sent when the device repeats a batch
+        quantised = quant_format(train.wire_dtype)
+        self.feedback = ErrorFeedback(quantised) if error_feedback and quantised else None
 
-    def check_activation(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def check_activation(self, frame: Frame) -> tuple[WireTensor, np.ndarray]:
         """Validate an activation frame's tensors; raise Rejected with the reason."""
-        if set(tensors) != ACTIVATION_TENSORS:
+        act, labels = frame.tensor("act"), frame.tensors.get("labels")
+        if frame.names() != ACTIVATION_TENSORS or act is None or labels is None:
             raise Rejected("bad_tensors", f"expected tensors {sorted(ACTIVATION_TENSORS)}")
-        act, labels = tensors["act"], tensors["labels"]
-        if act.dtype.name != self.train.wire_dtype:
+        if wire_format(act) != self.train.wire_dtype:
             raise Rejected(
-                "bad_dtype", f"act is {act.dtype.name}, expected {self.train.wire_dtype}"
+                "bad_dtype", f"act is {wire_format(act)}, expected {self.train.wire_dtype}"
             )
         batch = act.shape[0] if act.ndim else 0
         if act.shape[1:] != self.act_shape or not 1 <= batch <= self.train.batch_size:
@@ -99,18 +110,19 @@ class ServerSession:
             raise Rejected("bad_labels", f"labels must be int64 of shape ({batch},)")
         if batch and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise Rejected("bad_labels", f"labels must lie in [0, {self.num_classes})")
-        if not np.isfinite(act).all():
+        # A quantised tensor's values are finite by construction (the codec checked its scales).
+        if isinstance(act, np.ndarray) and not np.isfinite(act).all():
             raise Rejected("not_finite", "activations contain NaN or Inf")
         return act, labels
 
-    def step(self, seq: int, act: np.ndarray, labels: np.ndarray, received: float) -> bytes:
+    def step(self, seq: int, act: WireTensor, labels: np.ndarray, received: float) -> bytes:
         """One server step; returns the encoded gradient frame. Runs in a worker thread.
 
         ``received``: perf_counter() when the batch arrived, so the reply can tell the device
         the edge's whole share of the round trip (its downlink estimate subtracts it).
         """
         started = time.perf_counter()
-        inputs = from_numpy(act).to(self.torch_device, torch.float32).requires_grad_()
+        inputs = from_numpy(from_wire(act)).to(self.torch_device, torch.float32).requires_grad_()
         targets = from_numpy(labels).to(self.torch_device)
         self.optimizer.zero_grad(set_to_none=True)
         outputs = self.part(inputs)
@@ -118,7 +130,7 @@ class ServerSession:
         loss.backward()
         self.optimizer.step()
         assert inputs.grad is not None
-        grad = to_numpy(inputs.grad.to(getattr(torch, self.train.wire_dtype)))
+        grad = self._to_wire(to_numpy(inputs.grad.to(torch.float32)))
         loss_value = float(loss.item())
         correct = int((outputs.argmax(dim=1) == targets).sum().item())
         elapsed = time.perf_counter() - started
@@ -139,6 +151,11 @@ class ServerSession:
         return encode_frame(
             to_meta(meta, self.protocol), {"grad": grad}, max_bytes=self.max_frame_bytes
         )
+
+    def _to_wire(self, grad: np.ndarray) -> WireTensor:
+        if self.feedback is not None:
+            return self.feedback.quantize(grad)
+        return to_wire(grad, self.train.wire_dtype)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.part.state_dict().items()}

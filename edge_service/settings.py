@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, Field, field_validator
 
 from planner.policies import POLICIES
 from schemas.config_file import ServiceSettings
+from schemas.messages import WireDtype
 from schemas.topics import validate_device_id
 from transport import MqttSettings
 
@@ -55,10 +56,14 @@ class EdgeSettings(ServiceSettings):
     lr: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    wire_dtype: Literal["float32", "float16"] = "float32"  # activations and gradients
-    wire_dtypes: dict[str, Literal["float32", "float16"]] = Field(
-        default_factory=dict
-    )  # per device
+    # Activations and gradients on the wire: float32, float16, int8 or int4 (per device in
+    # wire_dtypes). A device whose hello does not list the format gets the narrowest wider one
+    # it does (schemas.usable_wire_dtype).
+    wire_dtype: WireDtype = "float32"
+    wire_dtypes: dict[str, WireDtype] = Field(default_factory=dict)
+    # Error feedback on quantised gradients: each device's quantisation error of one batch's
+    # gradient is added to the next before it is quantised (edge_service.error_feedback).
+    grad_error_feedback: bool = False
 
     # Every network wait is bounded.
     # Straggler handling: a round's deadline is deadline_slack x the plan's predicted round time,

@@ -11,7 +11,7 @@ Format (YAML shown; JSON with the same structure works alike)::
     description: free text          # optional, ignored
     model: vgg5                     # a built-in model (see BUILTIN_MODELS) or a map, see below
     batch_size: 100                 # optional: overrides the model's batch size
-    wire_dtype: float32             # optional: float32 (default) or float16
+    wire_dtype: float32             # optional: float32 (default), float16, int8 or int4
     sync_weights: false             # optional: also price the device part's weights moving down
                                     # and up once per round, as this system does (default false:
                                     # the paper's cost model; see planner.cost)
@@ -69,9 +69,11 @@ classes) keeps the measured times.
 
 Scaling rules, and why:
 
-- ``wire_dtype`` scales what crosses the link, activations up and gradients down, by the dtype's
-  size over float32's (float16 halves them); labels keep their own dtype and the device's memory
-  keeps float32, since only the wire copy is cast.
+- ``wire_dtype`` scales what crosses the link, activations up and gradients down, by the format's
+  bits per element over float32's (float16 halves them, int8 quarters them, int4 an eighth; the
+  quantised formats' 5 bytes per channel of scale and zero point are under 1% and left out);
+  labels keep their own dtype and the device's memory keeps float32, since only the wire copy is
+  cast.
 - ``batch_size`` on an explicit model map rescales its per-batch sizes (activations, gradients,
   saved activations, labels) in proportion; weights do not depend on the batch.
 - Built-in boards and the built-in server carry the paper's times, measured per batch of 100.
@@ -132,7 +134,10 @@ DeviceBuilder = Callable[[str, int, float, float, float | None], DeviceProfile]
 
 MIB = 1024**2
 FLOAT32_BYTES = 4
-WIRE_DTYPE_BYTES: Mapping[str, int] = MappingProxyType({d: wire_itemsize(d) for d in WIRE_DTYPES})
+# Bytes per element on the wire of each format (int4: 0.5). Quantised formats also carry 5 bytes
+# per channel and tensor (scale and zero point), under 1% of a batch's activations: left out,
+# like every frame's header (schemas.wire_itemsize).
+WIRE_DTYPE_BYTES: Mapping[str, float] = MappingProxyType({d: wire_itemsize(d) for d in WIRE_DTYPES})
 
 
 def _pi_builder(
@@ -313,16 +318,17 @@ def _rebatch(model: ModelProfile, batch: int) -> ModelProfile:
     )
 
 
-def _cast_wire(model: ModelProfile, dtype_bytes: int) -> ModelProfile:
-    """Activations and gradients as sent in the wire dtype; memory stays float32."""
+def _cast_wire(model: ModelProfile, dtype_bytes: float) -> ModelProfile:
+    """Activations and gradients as sent in the wire format; memory stays float32."""
     if dtype_bytes == FLOAT32_BYTES:
         return model
+    bits = round(8 * dtype_bytes)  # whole bits per element: 4 for int4
     return dataclasses.replace(
         model,
-        activation_bytes=_ratio(model.activation_bytes, dtype_bytes, FLOAT32_BYTES),
+        activation_bytes=_ratio(model.activation_bytes, bits, 8 * FLOAT32_BYTES),
         gradient_bytes=None
         if model.gradient_bytes is None
-        else _ratio(model.gradient_bytes, dtype_bytes, FLOAT32_BYTES),
+        else _ratio(model.gradient_bytes, bits, 8 * FLOAT32_BYTES),
     )
 
 

@@ -60,7 +60,8 @@ class DeviceProfile:
     ``uplink_bps`` / ``downlink_bps``: link throughput B and B' in bits per second.
     ``overhead_s``: other per-batch overhead Theta in seconds.
     ``wire_scale``: bytes of activations and gradients on this device's wire per byte of the
-    model profile's (float32) counts: 0.5 for float16. Labels and weights travel unchanged.
+    model profile's (float32) counts: 0.5 for float16, 0.25 for int8, 0.125 for int4. Labels and
+    weights travel unchanged.
     """
 
     device_id: str

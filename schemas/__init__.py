@@ -41,8 +41,10 @@ from schemas.messages import (
     parse_meta,
     to_json,
     to_meta,
+    usable_wire_dtype,
     wire_itemsize,
 )
+from schemas.quantization import QuantizedTensor, WireTensor, from_wire, to_wire, wire_format
 from schemas.topics import DEFAULT_PREFIX, DeviceChannel, Topics, validate_device_id
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "PlanMessage",
     "PowerFigures",
     "ProtocolVersion",
+    "QuantizedTensor",
     "RoundAbort",
     "RoundClose",
     "RoundStart",
@@ -80,13 +83,18 @@ __all__ = [
     "Welcome",
     "WireDtype",
     "WireModel",
+    "WireTensor",
     "decode_frame",
     "encode_frame",
+    "from_wire",
     "parse_ctrl",
     "parse_json",
     "parse_meta",
     "to_json",
     "to_meta",
+    "to_wire",
+    "usable_wire_dtype",
     "validate_device_id",
+    "wire_format",
     "wire_itemsize",
 ]

@@ -14,12 +14,13 @@ fleet can be upgraded one side at a time (edge first: an edge of version 1 refus
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from schemas.errors import AresError
+from schemas.quantization import bits_per_element
 from schemas.topics import validate_device_id
 
 ProtocolVersion = Literal[1, 2]
@@ -30,13 +31,30 @@ DeviceId = Annotated[str, AfterValidator(validate_device_id)]
 RoundNo = Annotated[int, Field(ge=0)]
 Count = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-WireDtype = Literal["float32", "float16"]
+# The wire format of activations and gradients: a float dtype, or a quantised format
+# (schemas.quantization: int8 and int4, affine per channel).
+WireDtype = Literal["float32", "float16", "int8", "int4"]
 WIRE_DTYPES: tuple[WireDtype, ...] = get_args(WireDtype)
+# What a hello that does not list its formats means: an agent from before the quantised ones.
+LEGACY_WIRE_DTYPES: tuple[WireDtype, ...] = ("float32", "float16")
+WIRE_DTYPES_NARROWEST_FIRST: tuple[WireDtype, ...] = ("int4", "int8", "float16", "float32")
 
 
-def wire_itemsize(dtype: WireDtype) -> int:
-    """Bytes per element on the wire: numpy's rule, the one every size estimate uses."""
-    return int(np.dtype(dtype).itemsize)
+def wire_itemsize(dtype: WireDtype) -> float:
+    """Bytes per element on the wire (0.5 for int4), the one rule every size estimate uses.
+
+    A quantised tensor also carries 5 bytes per channel (its float32 scale and uint8 zero
+    point); a batch's activations hold hundreds to thousands of elements per channel, so that
+    is under 1% and, like every frame's header, left out."""
+    return bits_per_element(dtype) / 8
+
+
+def usable_wire_dtype(wanted: WireDtype, supported: Iterable[str]) -> WireDtype:
+    """``wanted`` if the device supports it, else the narrowest wider format it does (float32
+    at worst: every device speaks it). Narrowest first: int4, int8, float16, float32."""
+    known = set(supported)
+    wider = WIRE_DTYPES_NARROWEST_FIRST[WIRE_DTYPES_NARROWEST_FIRST.index(wanted) :]
+    return next((d for d in wider if d in known), "float32")
 
 
 EdgeState = Literal["starting", "waiting", "training", "evaluating", "finished", "stopped"]
@@ -97,7 +115,9 @@ class Hello(WireModel):
     labels: tuple[str, ...] | None = None  # the class names of its data, in label order
     profile: str = "host"
     link_mode: str = "direct"  # direct, tc (shaped namespace) or token-bucket (emulated links)
-    wire_dtypes: tuple[WireDtype, ...] = ("float32", "float16")
+    # The wire formats this agent can send and read. Absent: an agent from before the
+    # quantised formats, never asked for one.
+    wire_dtypes: tuple[WireDtype, ...] = LEGACY_WIRE_DTYPES
     # Declared resources; None where the owner did not say (the planner then assumes defaults).
     power: PowerFigures | None = None
     memory_bytes: Annotated[int, Field(ge=0)] | None = None
@@ -399,6 +419,8 @@ def _upgraded(data: object) -> object:
 
 def _as_v1(data: dict[str, Any]) -> dict[str, Any]:
     data = {**data, "v": 1}
+    if data.get("kind") == "hello":  # a version-1 edge knows no quantised format
+        data["wire_dtypes"] = [d for d in data["wire_dtypes"] if d in LEGACY_WIRE_DTYPES]
     model = data.get("model")
     if data.get("kind") in _MODEL_KINDS and isinstance(model, dict):
         shape = model["input_shape"]

@@ -19,12 +19,13 @@ A scenario is a YAML (or JSON) file, or the name of one shipped in ``testbed/sce
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.policies import POLICIES
 from schemas.documents import DocumentError, read_document, validation_problems
+from schemas.messages import WireDtype
 from schemas.partitions import check_partition
 from schemas.topics import validate_device_id
 
@@ -83,7 +84,7 @@ class Scenario(BaseModel):
     batch_size: int = Field(default=32, ge=1)
     batches_per_round: int | None = Field(default=None, ge=1)
     lr: float | None = Field(default=None, gt=0)
-    wire_dtype: Literal["float32", "float16"] = "float32"
+    wire_dtype: WireDtype = "float32"
     partition: Annotated[str, AfterValidator(check_partition)] = "iid"  # or dirichlet:ALPHA
     # Emulated time runs this many times faster: compute targets divided, link rates multiplied.
     time_scale: float = Field(default=1.0, gt=0)

@@ -200,7 +200,7 @@ TRAIN = shaped(
     {
         "momentum": st.floats(0, 0.99),
         "weight_decay": st.floats(0, 0.1),
-        "wire_dtype": st.sampled_from(["float32", "float16"]),
+        "wire_dtype": st.sampled_from(["float32", "float16", "int8", "int4"]),
     },
     weird=SMALL_WEIRD,
 )

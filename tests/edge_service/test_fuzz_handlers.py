@@ -239,7 +239,9 @@ HELLO_FIELDS = shaped(
     {
         "profile": st.sampled_from(["host", "rpi4", "jetson-nano"]),
         "link_mode": st.sampled_from(["direct", "tc", "token-bucket"]),
-        "wire_dtypes": st.lists(st.sampled_from(["float32", "float16"]), max_size=3),
+        "wire_dtypes": st.lists(
+            st.sampled_from(["float32", "float16", "int8", "int4"]), max_size=3
+        ),
         "power": POWER,
         "memory_bytes": st.none() | st.integers(0, 2**40),
         "uplink_bps": RATES,

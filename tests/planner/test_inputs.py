@@ -232,7 +232,7 @@ def test_explicit_model_defaults() -> None:
         (_with("devices.0.id", 7), "devices[0].id: must be a non-empty string"),
         (_with("devices.1.id", "pi"), "devices[1].id: duplicate id 'pi'"),
         (_with("devices.0", "pi"), "devices[0]: must be a mapping"),
-        (_with("wire_dtype", "int8"), "wire_dtype: must be 'float32' or 'float16'"),
+        (_with("wire_dtype", "int2"), "wire_dtype: must be 'float32', 'float16', 'int8' or 'int4'"),
         (_with("batch_size", 0), "batch_size: must be >= 1"),
         (_with("model", "resnet"), "model: unknown name 'resnet'"),
         (_with("model", 3), "model: must be a mapping, got int"),

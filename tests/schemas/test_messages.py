@@ -156,3 +156,11 @@ def test_version_2_refuses_the_old_word():
     with pytest.raises(SchemaError) as err:
         parse_ctrl(data)
     assert err.value.reason == "bad_schema"
+
+
+def test_a_hello_lists_the_quantised_formats_only_to_an_edge_that_knows_them():
+    hello = _hello(wire_dtypes=("float32", "float16", "int8", "int4"))
+    assert parse_json(Hello, to_json(hello)).wire_dtypes == ("float32", "float16", "int8", "int4")
+    assert json.loads(to_json(hello, 1))["wire_dtypes"] == ["float32", "float16"]
+    # A hello that does not list its formats is an agent from before the quantised ones.
+    assert _hello().wire_dtypes == ("float32", "float16")

@@ -16,6 +16,7 @@ from schemas.codec import CodecError, decode_frame, encode_frame
 from schemas.quantization import (
     LEVELS,
     QUANT_FORMATS,
+    QuantFormat,
     QuantizedTensor,
     channel_axis,
     from_wire,
@@ -90,7 +91,8 @@ def test_frame_round_trip_keeps_codes_scales_and_zero_points(array, fmt, meta):
 
 def test_packed_codes_are_a_zero_copy_view_and_the_frame_is_small():
     array = np.random.default_rng(0).standard_normal((32, 16, 8, 8)).astype(np.float32)
-    for fmt, per_element in (("int8", 1.0), ("int4", 0.5)):
+    sizes: tuple[tuple[QuantFormat, float], ...] = (("int8", 1.0), ("int4", 0.5))
+    for fmt, per_element in sizes:
         payload = encode_frame({}, {"act": quantize(array, fmt)})
         decoded = decode_frame(payload).quantized["act"]
         assert not decoded.data.flags.writeable
