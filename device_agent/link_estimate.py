@@ -27,12 +27,14 @@ class ThroughputEstimate:
     """
 
     smoothing: float = 0.3  # weight of the newest sample
+    # Smaller transfers are not counted: they are latency-bound, not bandwidth-bound.
+    min_sample_bytes: int = MIN_SAMPLE_BYTES
     bps: float | None = None
     samples: int = 0
     recent: list[float] = field(default_factory=list)
 
     def add(self, size_bytes: int, seconds: float) -> None:
-        if size_bytes < MIN_SAMPLE_BYTES or seconds <= 0:
+        if size_bytes < self.min_sample_bytes or seconds <= 0:
             return
         sample = size_bytes * 8 / seconds
         self.samples += 1
@@ -56,5 +58,8 @@ class LinkEstimate:
     downlink: ThroughputEstimate
 
     @classmethod
-    def new(cls) -> LinkEstimate:
-        return cls(ThroughputEstimate(), ThroughputEstimate())
+    def new(cls, min_sample_bytes: int = MIN_SAMPLE_BYTES) -> LinkEstimate:
+        return cls(
+            ThroughputEstimate(min_sample_bytes=min_sample_bytes),
+            ThroughputEstimate(min_sample_bytes=min_sample_bytes),
+        )

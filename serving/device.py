@@ -73,6 +73,11 @@ T = TypeVar("T")
 # may take, so a degraded answer still makes the deadline.
 FALLBACK_MARGIN_S = 0.01
 FALLBACK_SLACK = 2.0  # times the measured compute of the fallback, kept free before a deadline
+# A serving device's transfers are one request's activation each: often below training's 16 KiB
+# floor (VGG5's raw image is 12 kB), so with that floor a device sending raw inputs never
+# measured its uplink, and a link drop never reached its plan. Above a few kB a transfer at IoT
+# rates is bandwidth-bound enough to count (12 kB takes 24 ms at 4 Mbit/s).
+SERVE_MIN_SAMPLE_BYTES = 4 * 1024
 
 
 class ServingDevice(LinkService):
@@ -104,7 +109,7 @@ class ServingDevice(LinkService):
         self.edge: ServeEdgeStatus | None = None
         self.artifact: ModelArtifact | None = None
         self.model: DeviceModel | None = None
-        self.link_estimate = LinkEstimate.new()
+        self.link_estimate = LinkEstimate.new(SERVE_MIN_SAMPLE_BYTES)
         shaper = self.environment.link.shaper
         self._connect = connect or mqtt_connector(settings.mqtt, shaper=shaper)
         self._answers = AnswerCache(settings.answer_cache)

@@ -4,7 +4,9 @@ energy per request, counts; and the p99 latency in windows around a link drop. P
 Definitions (also in summary.md):
 
 - **latency**: end to end, as the load generator measures it, from the request's publish to
-  its answer's arrival; error answers and lost requests have none.
+  its answer's arrival; error answers and lost requests have none. ``device_latency_*``: what
+  the devices report, from a request's arrival on the device to its answer (the cost model's
+  latency: the request's own delivery to the device, the same under every policy, left out).
 - **accuracy**: of the answers with a label, the share equal to the request's ground truth.
 - **exit rate**: of the answers with a label, the share a device's early exit gave (not the
   edge, not the whole model on the device, not a degraded answer).
@@ -116,9 +118,12 @@ def summarise(records: Sequence[Record], windows: Sequence[EnergyWindow]) -> dic
     labelled = [r for r in answered if r.label is not None]
     latencies = [lat for r in answered if (lat := r.latency_ms) is not None]
     device_latencies = [r.device_latency_ms for r in labelled if r.device_latency_ms is not None]
+    on_device = latency_stats(device_latencies)
     return {
         **latency_stats(latencies),
-        "device_latency_ms_mean": (float(np.mean(device_latencies)) if device_latencies else None),
+        # The device's own measure, from the request's arrival on it to its answer: the
+        # latency the plan optimises, without the request's delivery to the device.
+        **{f"device_{name}": value for name, value in on_device.items()},
         "energy_j_per_request": energy_per_request(windows),
         "accuracy": sum(bool(r.correct) for r in labelled) / len(labelled) if labelled else None,
         "exit_rate": sum(r.exited for r in labelled) / len(labelled) if labelled else None,
