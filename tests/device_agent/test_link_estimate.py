@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_agent.link_estimate import MIN_SAMPLE_BYTES, ThroughputEstimate
+from device_agent.link_estimate import MIN_SAMPLE_BYTES, LinkEstimate, ThroughputEstimate
 
 
 def test_first_sample_is_taken_as_is_then_smoothed():
@@ -49,3 +49,15 @@ def test_one_slow_sample_is_only_smoothed_in():
     estimate.add(500_000, 0.1)
     assert estimate.bps is not None
     assert estimate.bps > 20e6
+
+
+def test_a_serving_device_counts_a_raw_images_transfer():
+    """Serving sends one request's activation at a time: a 12 kB image at 4 Mbit/s counts
+    with serving's floor, not with training's."""
+    from serving.device import SERVE_MIN_SAMPLE_BYTES
+
+    training, serving = LinkEstimate.new(), LinkEstimate.new(SERVE_MIN_SAMPLE_BYTES)
+    for estimate in (training, serving):
+        estimate.uplink.add(12_288, 12_288 * 8 / 4e6)
+    assert training.uplink.bps is None
+    assert serving.uplink.bps == pytest.approx(4e6)
