@@ -9,13 +9,15 @@
     the in-app token bucket (transport.shaping) where tc is unavailable, and says so.
 (c) Per-message overhead: encode, publish -> deliver, PUBACK and decode times for small and large
     tensors, one message at a time, on loopback.
+(d) Wire formats (benchmarks/wire_format_costs.py): encode and decode cost per MB of float32,
+    float16, int8 and int4 activations, and the bytes on the wire per element. No broker.
 
 Sends are measured two ways: awaited (one message in flight: what the device agent does today)
 and pipelined (``--window`` QoS 1 messages in flight). The sender is its own process
 (benchmarks/transport_sender.py); the receiver is this process. Every point is repeated
 ``--repeats`` times, interleaved, and reported as median [min-max] so the noise shows.
 
-    python benchmarks/bench_transport.py [--quick] [--repeats 3] [--json OUT]
+    python benchmarks/bench_transport.py [--quick] [--repeats 3] [--parts abcd] [--json OUT]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import wire_format_costs
 from benchutil import (
     cpu_seconds,
     machine_info,
@@ -78,6 +81,7 @@ class Plan:
     min_count: int
     max_count: int
     overhead_reps: dict[int, int]  # tensor bytes -> messages
+    format_reps: int  # encodes and decodes per wire format and tensor, part (d)
 
     def loopback_count(self, size: int) -> int:
         return min(self.max_count, max(self.min_count, self.loopback_volume // size))
@@ -98,6 +102,7 @@ FULL = Plan(
     min_count=5,
     max_count=4000,
     overhead_reps={KIB: 400, 4 * MIB: 40},
+    format_reps=15,
 )
 QUICK = Plan(
     loopback_sizes=(4 * KIB, 256 * KIB),
@@ -110,6 +115,7 @@ QUICK = Plan(
     min_count=2,
     max_count=200,
     overhead_reps={KIB: 30, 4 * MIB: 3},
+    format_reps=3,
 )
 
 
@@ -605,6 +611,7 @@ async def run(plan: Plan, parts: str, shaping: str) -> dict[str, Any]:
     if "c" in parts:
         print("measuring (c) per-message overhead ...", flush=True)
         overhead = await per_message_overhead(plan)
+    formats = wire_format_costs.measure(plan.format_reps) if "d" in parts else []
 
     if loopback:
         print_loopback(loopback)
@@ -615,6 +622,8 @@ async def run(plan: Plan, parts: str, shaping: str) -> dict[str, Any]:
             print(f"  - {line}")
     if overhead:
         print_overhead(overhead)
+    if formats:
+        wire_format_costs.print_costs(formats)
     return {
         "loopback": [_sample_dict(s) for s in loopback],
         "shaping": mode,
@@ -636,6 +645,15 @@ async def run(plan: Plan, parts: str, shaping: str) -> dict[str, Any]:
             }
             for r in overhead
         ],
+        "wire_formats": [
+            {
+                **asdict(r),
+                "bytes_per_element": r.bytes_per_element,
+                "encode_ms_per_mb": r.encode_ms_per_mb,
+                "decode_ms_per_mb": r.decode_ms_per_mb,
+            }
+            for r in formats
+        ],
     }
 
 
@@ -648,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds: smoke test only")
     parser.add_argument("--repeats", type=int, help="repeat every point (default 3; quick 1)")
     parser.add_argument("--window", type=int, help="QoS 1 messages in flight when pipelined")
-    parser.add_argument("--parts", default="abc", help="which of (a), (b), (c) to run")
+    parser.add_argument("--parts", default="abcd", help="which of (a), (b), (c), (d) to run")
     parser.add_argument(
         "--shaping",
         choices=["auto", "tc", "token-bucket"],

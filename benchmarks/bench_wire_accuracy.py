@@ -1,0 +1,102 @@
+"""What the wire format costs in accuracy: the same run (seed, shards, data order, cut) with
+float32, float16, int8 and int4 activations and gradients, quantised gradients with and without
+error feedback (``grad_error_feedback``).
+
+A real edge and device agents in one event loop over the in-memory broker (no network: the
+bytes are the same, the timing is not the point), on the bundled digits. With the same seed a
+float32 run is reproducible to the bit, so each difference against it is the format's alone.
+Prints final accuracy per format and seed, and the mean difference against float32.
+
+    python benchmarks/bench_wire_accuracy.py [--rounds 4] [--seeds 0,1,2] [--split 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Any
+
+from device_agent import DeviceAgent, DeviceSettings
+from edge_service import EdgeService, EdgeSettings
+from transport import MemoryBroker
+
+HANG_S = 600.0
+CASES: tuple[tuple[str, str, bool], ...] = (
+    ("float32", "float32", False),
+    ("float16", "float16", False),
+    ("int8", "int8", False),
+    ("int8+ef", "int8", True),
+    ("int4", "int4", False),
+    ("int4+ef", "int4", True),
+)
+
+
+async def run(args: argparse.Namespace, seed: int, wire: str, feedback: bool) -> float:
+    broker = MemoryBroker()
+    settings = EdgeSettings(
+        policy="sl", split=args.split, rounds=args.rounds, batch_size=args.batch_size,
+        min_devices=args.devices, checkpoint=None, torch_threads=1, compute_workers=2,
+        registration_timeout_s=HANG_S, profile_timeout_s=HANG_S, seed=seed,
+        wire_dtype=wire, grad_error_feedback=feedback, dataset=args.dataset,
+    )  # fmt: skip
+    edge = EdgeService(settings, connect=broker.connect)
+    agents = [
+        DeviceAgent(
+            DeviceSettings(
+                device_id=f"dev-{i}",
+                shard_index=i,
+                num_shards=args.devices,
+                exit_on_finish=True,
+                torch_threads=1,
+                seed=seed,
+                dataset=args.dataset,
+            ),
+            connect=broker.connect,
+        )
+        for i in range(args.devices)
+    ]
+    async with asyncio.timeout(HANG_S), asyncio.TaskGroup() as tasks:
+        for agent in agents:
+            tasks.create_task(agent.run())
+        report = await edge.run()
+    assert report.final_accuracy is not None
+    return report.final_accuracy
+
+
+async def main(args: argparse.Namespace) -> None:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cases = [c for c in CASES if c[0] in args.cases.split(",")] if args.cases else list(CASES)
+    results: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    print(f"digits, {args.devices} device(s), cut {args.split}, {args.rounds} rounds, "
+          f"batch {args.batch_size}, seeds {seeds}")  # fmt: skip
+    for seed in seeds:
+        for name, wire, feedback in cases:
+            began = time.perf_counter()
+            accuracy = await run(args, seed, wire, feedback)
+            results[name].append(accuracy)
+            print(f"  seed {seed} {name:8s} final accuracy {accuracy:.4f} "
+                  f"({time.perf_counter() - began:.1f} s)", flush=True)  # fmt: skip
+    print(f"{'format':9s} {'mean acc':>9s} {'vs float32 (points)':>22s}  per seed")
+    base = results.get("float32")
+    for name, accuracies in results.items():
+        diffs: Any = "-"
+        if base is not None:
+            deltas = [100 * (a - b) for a, b in zip(accuracies, base, strict=True)]
+            diffs = f"{statistics.mean(deltas):+.2f} [{min(deltas):+.2f}, {max(deltas):+.2f}]"
+        print(f"{name:9s} {statistics.mean(accuracies):9.4f} {diffs:>22s}  "
+              + " ".join(f"{a:.4f}" for a in accuracies))  # fmt: skip
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--split", type=int, default=1)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--cases", default="", help="comma-separated subset of " +
+                        ",".join(c[0] for c in CASES))  # fmt: skip
+    asyncio.run(main(parser.parse_args()))
