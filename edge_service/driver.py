@@ -3,8 +3,11 @@ evaluate, account and persist.
 
 One round: the planner prices the devices online now and its policy picks each one's cut; the
 ``RoundRunner`` serves their batches until each has uploaded its part, dropped out or the
-deadline passed; FedAvg averages whatever finished. Torch and planning work runs in the compute
-thread pool, never on the event loop.
+deadline passed; FedAvg adds each part to a running sum as it arrives, so the average exists
+right after the last one. The next round is planned and started from it at once: the held-out
+evaluation of round k's average, its record in the report and the checkpoint run behind, while
+round k+1 trains; its accuracy goes into the edge status when round k+1 has averaged. Torch and
+planning work runs in the compute thread pool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
+import torch
+
 from edge_service.accounting import round_report
 from edge_service.evaluation import Evaluation
 from edge_service.fanout import gather_bounded
@@ -25,7 +30,7 @@ from edge_service.planning import RoundPlan
 from edge_service.registry import DeviceRegistry
 from edge_service.rejections import Counters, Rejected
 from edge_service.rounds import DeviceResult, RoundContext, RoundRunner, prepare_parts
-from edge_service.run_state import RunState
+from edge_service.run_state import RunState, Stamp
 from schemas import (
     DevicePlanEntry,
     PlanMessage,
@@ -38,11 +43,15 @@ from schemas import (
     wire_itemsize,
 )
 from schemas.messages import EdgeState, WireDtype
-from splitnn.fedavg import fedavg
+from splitnn.fedavg import FedAvgSum
 from splitnn.tensors import state_to_arrays
 from transport import LinkError
 
 log = logging.getLogger(__name__)
+
+# How long the next round's plan waits for the last round's telemetry (a device sends it right
+# after its part; it is usually there within milliseconds).
+ROUND_TELEMETRY_WAIT_S = 0.5
 
 # Tells everyone what the edge is doing now (the retained edge status), with the evaluation of
 # the round just averaged when there is one.
@@ -74,6 +83,7 @@ class RoundDriver:
         self.loop_lag = loop_lag
         self.current: RoundRunner | None = None  # the round in flight
         self.round_no = run.first_round - 1  # the round in flight, else the last one run
+        self._reporting: list[str] = []  # the devices that contributed to the last round
         self.context = RoundContext(
             spec=run.spec,
             torch_device=run.torch_device,
@@ -90,7 +100,8 @@ class RoundDriver:
         )
 
     async def train(self) -> None:
-        """Every configured round not yet done."""
+        """Every configured round not yet done; returns when the last one is evaluated and
+        persisted."""
         settings, run = self.settings, self.run
         await self.announce("waiting", None)
         await self.devices.wait_for_devices(settings.min_devices, settings.registration_timeout_s)
@@ -102,28 +113,70 @@ class RoundDriver:
             initial = await loop.run_in_executor(self.executor, run.evaluate)
             run.report.initial_accuracy = initial.accuracy
             log.info("initial accuracy %.4f loss %.4f", initial.accuracy, initial.loss)
-        for round_no in range(run.first_round, settings.rounds + 1):
-            await self.devices.wait_for_devices(1, settings.registration_timeout_s)
-            self.round_no = round_no
-            started = time.perf_counter()
-            plan, results = await self._run_round(round_no)
-            ok = [r for r in results if r.contributed]
-            if ok:
-                # In a worker thread: averaging hundreds of models blocks for a while.
-                run.global_state = await loop.run_in_executor(
-                    self.executor,
-                    fedavg,
-                    [r.state for r in ok if r.state is not None],
-                    [r.samples for r in ok],
+        # The last round's evaluation, record and checkpoint, running behind the next round.
+        behind: asyncio.Task[Evaluation] | None = None
+        try:
+            for round_no in range(run.first_round, settings.rounds + 1):
+                await self.devices.wait_for_devices(1, settings.registration_timeout_s)
+                self.round_no = round_no
+                started = time.perf_counter()
+                plan, results, average = await self._run_round(round_no)
+                if average is not None:
+                    run.global_state = average
+                else:
+                    log.warning("round %d: no device finished; the model is unchanged", round_no)
+                if behind is not None:
+                    await self._announce_concluded(behind)
+                duration = time.perf_counter() - started  # to the next round's plan
+                stamp = run.take_stamp(self.counters, self.loop_lag)  # before the next round
+                behind = asyncio.create_task(
+                    self._conclude(round_no, plan, results, run.global_state, duration, stamp),
+                    name=f"conclude-round-{round_no}",
                 )
-            else:
-                log.warning("round %d: no device finished; the model is unchanged", round_no)
-            await self.announce("evaluating", None)
-            evaluation = await loop.run_in_executor(self.executor, run.evaluate)
-            duration = time.perf_counter() - started
-            self._record(round_no, plan, results, evaluation, duration)
-            await loop.run_in_executor(self.executor, run.persist, round_no, plan)
-            await self.announce("training", evaluation)
+            if behind is not None:
+                if not behind.done():
+                    await self.announce("evaluating", None)
+                await self._announce_concluded(behind)
+        finally:
+            if behind is not None and not behind.done():
+                # Stopping (SIGTERM) or failing mid-round: the round before it is finished, so
+                # it still gets evaluated and checkpointed, as it did before the next began.
+                await asyncio.wait([behind])
+                if not behind.cancelled() and behind.exception() is not None:
+                    log.error("the last finished round was not concluded: %s",
+                              behind.exception())  # fmt: skip
+
+    async def _announce_concluded(self, behind: asyncio.Task[Evaluation]) -> None:
+        """Between two rounds (no batch in flight), the round concluded behind the last one:
+        its accuracy in the edge status. Mid-round, a status would make every device re-send
+        its batch in flight (it reads a status as the edge announcing itself after a
+        reconnect). Waits for the conclusion only if the evaluation took longer than a round,
+        so at most one round is ever behind."""
+        evaluation = await behind  # a failed checkpoint stops the run here
+        await self.announce("training", evaluation)
+
+    async def _conclude(
+        self,
+        round_no: int,
+        plan: RoundPlan,
+        results: list[DeviceResult],
+        average: dict[str, torch.Tensor],
+        duration: float,
+        stamp: Stamp,
+    ) -> Evaluation:
+        """Evaluate a round's average, record the round and checkpoint it (while the next round
+        trains; the one before it was concluded before this one started)."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        evaluation = await loop.run_in_executor(self.executor, self.run.evaluate, average)
+        log.debug("round %d evaluated in %.2f s behind the next round", round_no,
+                  time.perf_counter() - started)  # fmt: skip
+        self._record(round_no, plan, results, evaluation, duration, average)
+        self.run.apply_stamp(stamp)  # the checkpoint carries the run's figures at the round's end
+        # Only now: a checkpoint never holds a round whose evaluation did not happen. A crash
+        # before this write resumes from the round before, and runs this one again.
+        await loop.run_in_executor(self.executor, self.run.persist, round_no, plan, average)
+        return evaluation
 
     def evicted(self, device_id: str) -> None:
         """The device is gone (it did not answer a ping): it leaves the round in flight."""
@@ -162,9 +215,22 @@ class RoundDriver:
 
     # --- one round ------------------------------------------------------------------------------
 
-    async def _run_round(self, round_no: int) -> tuple[RoundPlan, list[DeviceResult]]:
+    async def _run_round(
+        self, round_no: int
+    ) -> tuple[RoundPlan, list[DeviceResult], dict[str, torch.Tensor] | None]:
+        """Plan, start and serve a round; its plan, its devices' results and the average of
+        their parts (None: none counted)."""
         settings, run = self.settings, self.run
         loop = asyncio.get_running_loop()
+        if self._reporting:
+            # The planner prices each device by its last round's telemetry (its compute drift),
+            # sent right after its part: with no evaluation in between, it may be in flight.
+            late = await self.devices.wait_for_round_telemetry(
+                self._reporting, round_no - 1, ROUND_TELEMETRY_WAIT_S
+            )
+            if late:
+                log.info("round %d: planning without round %d's telemetry of %s", round_no,
+                         round_no - 1, ", ".join(late))  # fmt: skip
         online = self.devices.online()
         batches = {d: self._batches(r.hello.samples) for d, r in online.items()}
         readings = {
@@ -188,6 +254,20 @@ class RoundDriver:
             self.executor, prepare_parts, self.context, round_no, run.global_state, plan
         )
         runner = RoundRunner(self.context, round_no, run.global_state, plan, parts)
+        # FedAvg as the parts arrive: each is added to the running sum in the compute pool.
+        total = FedAvgSum()
+        adding: dict[str, asyncio.Future[None]] = {}
+
+        def add_part(result: DeviceResult) -> None:
+            if result.contributed and result.state is not None and result.device_id not in adding:
+                adding[result.device_id] = loop.run_in_executor(
+                    self.executor, total.add, result.state, result.samples
+                )
+
+        for device in runner.devices.values():
+            device.result.add_done_callback(
+                lambda done: None if done.cancelled() else add_part(done.result())
+            )
         self.current = runner
         try:
             await self._publish_plan(round_no, round_plan)
@@ -203,7 +283,14 @@ class RoundDriver:
             if result.state is None:  # it handed in nothing: make sure it stops
                 abort = RoundAbort(session=self.session, round=round_no, reason=result.detail)
                 self.outbox.spawn(self.outbox.send_ctrl(result.device_id, abort))
-        return round_plan, results
+        for result in results:
+            add_part(result)  # any whose callback has not run yet
+        await asyncio.gather(*adding.values())  # the last part's addition; the rest are done
+        self._reporting = [r.device_id for r in results if r.contributed]
+        average = None
+        if total.parts:
+            average = await loop.run_in_executor(self.executor, total.average)
+        return round_plan, results, average
 
     async def _publish_plan(self, round_no: int, plan: RoundPlan) -> None:
         message = PlanMessage(
@@ -254,6 +341,7 @@ class RoundDriver:
         results: list[DeviceResult],
         evaluation: Evaluation,
         duration: float,
+        average: dict[str, torch.Tensor],
     ) -> None:
         report = self.run.report
         report.rounds.append(
@@ -266,11 +354,10 @@ class RoundDriver:
                 duration_s=duration,
                 devices=self.devices,
                 assumed_power=self.run.planner.defaults.power,
-                global_state=self.run.global_state,
+                global_state=average,
             )
         )
         report.final_accuracy = evaluation.accuracy
-        self.run.stamp(self.counters, self.loop_lag)  # so the checkpoint carries them
         log.info("round %d: accuracy %.4f loss %.4f in %.2f s", round_no, evaluation.accuracy,
                  evaluation.loss, duration)  # fmt: skip
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from edge_service.planning import DeviceReadings
@@ -46,6 +46,7 @@ class DeviceRecord:
     compute: ComputeProfile | None = None  # the latest block timings the device measured
     # The last good link estimate: a later telemetry without one does not erase it.
     measured_link: tuple[float, float | None] | None = None
+    reported_round: int = 0  # the last round whose end-of-round telemetry arrived
 
     @property
     def online(self) -> bool:
@@ -63,6 +64,8 @@ class DeviceRecord:
             self.compute = telemetry.compute
         if telemetry.uplink_bps is not None:
             self.measured_link = (telemetry.uplink_bps, telemetry.downlink_bps)
+        if telemetry.round is not None:
+            self.reported_round = max(self.reported_round, telemetry.round)
 
 
 class DeviceRegistry(Mapping[str, DeviceRecord]):
@@ -109,7 +112,7 @@ class DeviceRegistry(Mapping[str, DeviceRecord]):
 
     def take_telemetry(self, device_id: str, telemetry: Telemetry) -> None:
         self.registered(device_id).take_telemetry(telemetry)
-        if telemetry.compute is not None:
+        if telemetry.compute is not None or telemetry.round is not None:
             self.changed.set()
 
     def mark_offline(self, device_id: str) -> bool:
@@ -182,6 +185,19 @@ class DeviceRegistry(Mapping[str, DeviceRecord]):
         if not await self._wait_until(lambda: not missing(), timeout_s):
             log.warning("no compute profile from %s: planning with the edge's own speed",
                         ", ".join(missing()))  # fmt: skip
+
+    async def wait_for_round_telemetry(
+        self, device_ids: Collection[str], round_no: int, timeout_s: float
+    ) -> list[str]:
+        """Until each online one of ``device_ids`` sent its telemetry of ``round_no`` (its
+        compute drift, its link estimates), at most ``timeout_s``; those still missing."""
+
+        def missing() -> list[str]:
+            online = self.online()
+            return [d for d in device_ids if d in online and online[d].reported_round < round_no]
+
+        await self._wait_until(lambda: not missing(), timeout_s)
+        return missing()
 
     async def _wait_until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
         loop = asyncio.get_running_loop()

@@ -45,6 +45,15 @@ def resolve_torch_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass(frozen=True)
+class Stamp:
+    """The report's run-wide figures at one moment."""
+
+    counters: dict[str, int]
+    wall_s: float
+    loop_lag: dict[str, float | int]
+
+
 @dataclass
 class RunState:
     settings: EdgeSettings
@@ -127,10 +136,12 @@ class RunState:
             labels=self.test_data.label_names,
         )
 
-    def evaluate(self) -> Evaluation:
-        """The global model on the held-out data (slow: run it in a worker thread)."""
+    def evaluate(self, state: dict[str, torch.Tensor] | None = None) -> Evaluation:
+        """A full-model state (default: the global model) on the held-out data (slow: run it
+        in a worker thread). The state is only read: a round's average can be evaluated while
+        the next round trains from it."""
         model = build_model(self.spec)
-        model.load_state_dict(self.global_state)
+        model.load_state_dict(self.global_state if state is None else state)
         return evaluate(
             model,
             self.test_data,
@@ -138,11 +149,15 @@ class RunState:
             device=self.torch_device,
         )
 
-    def persist(self, round_no: int, plan: RoundPlan) -> None:
-        """Checkpoint and report after a round, in a worker thread: both grow with devices x
-        rounds (500 x 10: 0.2 s of JSON). Nothing changes the report while the round loop
-        awaits this. The checkpoint first: a report never lists a round that a resume after a
-        crash between the two writes would run again."""
+    def persist(
+        self, round_no: int, plan: RoundPlan, global_state: dict[str, torch.Tensor]
+    ) -> None:
+        """Checkpoint and report after a round was averaged, evaluated and recorded, in a worker
+        thread: both grow with devices x rounds (500 x 10: 0.2 s of JSON). ``global_state`` is
+        that round's average (the next round may already be training from it). Nothing changes
+        the report while the edge awaits this: only the chain of round records
+        (``RoundDriver``) does, one at a time. The checkpoint first: a report never lists a
+        round that a resume after a crash between the two writes would run again."""
         path = self.settings.checkpoint
         if path is not None:
             write_checkpoint(
@@ -150,7 +165,7 @@ class RunState:
                 Checkpoint(
                     session=self.report.session,
                     round=round_no,
-                    global_state=self.global_state,
+                    global_state=global_state,
                     previous_splits=plan.splits,
                     report=self.report.to_dict(),
                     model=self.settings.model,
@@ -163,9 +178,22 @@ class RunState:
 
     def stamp(self, counters: Counters, loop_lag: LoopLagMonitor) -> None:
         """Bring the report's run-wide figures up to date: counters, wall time, loop lag."""
-        self.report.counters = counters.snapshot()
-        self.report.wall_s = self.wall_before_s + time.perf_counter() - self.started
-        self.report.loop_lag = loop_lag.stats().to_dict()
+        self.apply_stamp(self.take_stamp(counters, loop_lag))
+
+    def take_stamp(self, counters: Counters, loop_lag: LoopLagMonitor) -> Stamp:
+        """The run-wide figures now, for a round's record made later: a round is recorded
+        while the next one runs, and its checkpoint must not count the next one's batches (a
+        resume would count them twice)."""
+        return Stamp(
+            counters=counters.snapshot(),
+            wall_s=self.wall_before_s + time.perf_counter() - self.started,
+            loop_lag=loop_lag.stats().to_dict(),
+        )
+
+    def apply_stamp(self, stamp: Stamp) -> None:
+        self.report.counters = stamp.counters
+        self.report.wall_s = stamp.wall_s
+        self.report.loop_lag = stamp.loop_lag
 
     def write_report(self) -> None:
         if self.settings.report is not None:

@@ -209,7 +209,7 @@ def _reasons(
         reasons.append(
             "No emulation lag, stragglers or large misprediction were found in ARES's run: the "
             "difference may be run-to-run noise on a shared machine, or per-round costs the cost "
-            "model leaves out (start-up of a round, aggregation, evaluation)."
+            "model leaves out (start-up of a round, aggregation)."
         )
     return reasons
 

@@ -5,7 +5,8 @@ every number here can be checked on hand-made reports.
 
 Definitions (summary.md repeats them for the reader):
 
-- **training time**: the sum of the rounds' ``duration_s`` (plan, train, aggregate, evaluate);
+- **training time**: the sum of the rounds' ``duration_s`` (plan, train, aggregate; a round's
+  evaluation runs behind the next round, in reports before that it is included);
   registration and start-up are left out, they are the same whatever the policy.
 - **time to target**: training time until the end of the first round whose accuracy reaches the
   target (0 when the initial model already does). The default target lies 90% of the way from
@@ -111,7 +112,7 @@ class PolicyMetrics:
     def time_ratio(self) -> float | None:
         """Measured over predicted round times, summed (None without a prediction).
 
-        The measured rounds also hold aggregation and evaluation, which the cost model leaves
+        The measured rounds also hold planning and aggregation, which the cost model leaves
         out and which cost the same at every cut: compare ratios between policies, not with 1.
         """
         return self.train_time_s / self.predicted_time_s if self.predicted_time_s > 0 else None

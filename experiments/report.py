@@ -200,8 +200,9 @@ def _definitions(summary: Mapping[str, Any]) -> list[str]:
     return [
         "## How the numbers are computed",
         "",
-        "- training time: the sum of the rounds' durations at the edge (plan, train, aggregate, "
-        "evaluate); wall: the whole run, processes started to stopped.",
+        "- training time: the sum of the rounds' durations at the edge (plan, train, aggregate; "
+        "each round is evaluated behind the next); wall: the whole run, processes started to "
+        "stopped.",
         f"- time to target: training time until the first round at accuracy "
         f"{summary['target_accuracy']:.4f} or above ({summary['target_rule']}).",
         "- device energy: the cost model's accounting of each device's measured compute, send "
@@ -217,7 +218,7 @@ def _definitions(summary: Mapping[str, Any]) -> list[str]:
         "- planned objective: the mean of the edge's per-round plan objectives, each normalised "
         "by that run's own cost-model reference.",
         "- predicted round time: the plans' slowest predicted device per round, summed; the "
-        "measured rounds also hold aggregation and evaluation, which the cost model leaves out "
+        "measured rounds also hold planning and aggregation, which the cost model leaves out "
         "and which cost the same whatever the cuts, so compare measured / predicted between "
         "policies rather than with 1.",
         "- device round time (round_times.png): measured at the edge, from sending the device "

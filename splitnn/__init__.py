@@ -10,7 +10,7 @@ from splitnn.datasets import (
     shard,
 )
 from splitnn.errors import SplitError
-from splitnn.fedavg import fedavg
+from splitnn.fedavg import FedAvgSum, fedavg
 from splitnn.model_registry import model_names, register_model
 from splitnn.models import (
     ModelSpec,
@@ -37,6 +37,7 @@ __all__ = [
     "BatchStream",
     "BlockProfile",
     "DatasetError",
+    "FedAvgSum",
     "ModelSpec",
     "SplitError",
     "block_index",

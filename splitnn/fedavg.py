@@ -1,8 +1,10 @@
-"""Federated averaging of full-model state dicts."""
+"""Federated averaging of full-model state dicts: all at once (``fedavg``) or part by part as
+the parts arrive (``FedAvgSum``), with the same rules."""
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -26,6 +28,19 @@ def _check_compatible(states: Sequence[Mapping[str, Tensor]]) -> None:
                 )
 
 
+def _check_weights(weights: Sequence[float]) -> None:
+    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise SplitError(
+            f"weights must be finite, non-negative and sum to > 0, got {list(weights)}"
+        )
+
+
+def _cast_back(mean: Tensor, ref: Tensor) -> Tensor:
+    """A float64 mean in the reference's dtype: integer buffers (BatchNorm's
+    ``num_batches_tracked``) get it rounded to the nearest integer."""
+    return (mean if ref.is_floating_point() else mean.round()).to(ref.dtype)
+
+
 def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
     """Weighted mean of state dicts (weights are usually sample counts).
 
@@ -36,10 +51,7 @@ def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> 
         raise SplitError(
             f"need one weight per state, got {len(states)} states, {len(weights)} weights"
         )
-    if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise SplitError(
-            f"weights must be finite, non-negative and sum to > 0, got {list(weights)}"
-        )
+    _check_weights(weights)
     _check_compatible(states)
     if len(states) == 1:
         return {k: v.detach().clone() for k, v in states[0].items()}
@@ -50,5 +62,50 @@ def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> 
         acc = torch.zeros(ref.shape, dtype=torch.float64, device=ref.device)
         for state, weight in zip(states, weights, strict=True):
             acc += state[key].detach().to(torch.float64) * (weight / total)
-        averaged[key] = (acc if ref.is_floating_point() else acc.round()).to(ref.dtype)
+        averaged[key] = _cast_back(acc, ref)
     return averaged
+
+
+class FedAvgSum:
+    """``fedavg`` accumulated as the parts arrive: a running weighted sum in float64, so the
+    average of the last part costs one addition and a division instead of a pass over every
+    part. Equal to ``fedavg`` of the parts added, within float rounding (the weights divide
+    the sum once at the end instead of each term).
+
+    ``add`` may be called from several threads (the edge's compute pool) at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reference: dict[str, Tensor] = {}  # the first part: keys, shapes, dtypes
+        self._sums: dict[str, Tensor] = {}
+        self._weights: list[float] = []
+
+    @property
+    def parts(self) -> int:
+        return len(self._weights)
+
+    def add(self, state: Mapping[str, Tensor], weight: float) -> None:
+        if not math.isfinite(weight) or weight < 0:
+            raise SplitError(f"weight must be finite and non-negative, got {weight}")
+        with self._lock:
+            if self._reference:
+                _check_compatible([self._reference, state])
+            else:
+                self._reference = dict(state)
+                self._sums = {
+                    k: torch.zeros(v.shape, dtype=torch.float64, device=v.device)
+                    for k, v in state.items()
+                }
+            for key, value in state.items():
+                self._sums[key] += value.detach().to(torch.float64) * weight
+            self._weights.append(weight)
+
+    def average(self) -> dict[str, Tensor]:
+        """The weighted mean of the parts added so far."""
+        with self._lock:
+            if not self._weights:
+                raise SplitError("no part to average")
+            _check_weights(self._weights)
+            total = math.fsum(self._weights)
+            return {k: _cast_back(s / total, self._reference[k]) for k, s in self._sums.items()}

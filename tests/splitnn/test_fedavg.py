@@ -1,10 +1,21 @@
 import math
+import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor
 
-from splitnn import ModelSpec, SplitError, build_model, fedavg, merge_states, split_state
+from splitnn import (
+    FedAvgSum,
+    ModelSpec,
+    SplitError,
+    build_model,
+    fedavg,
+    merge_states,
+    split_state,
+)
 
 VGG5 = ModelSpec("vgg5", (3, 32, 32), 10)
 
@@ -101,3 +112,91 @@ def test_bad_weights_are_rejected(weights: list[float]) -> None:
 def test_no_states_is_rejected() -> None:
     with pytest.raises(SplitError):
         fedavg([], [])
+
+
+# --- FedAvg as the parts arrive -------------------------------------------------------------
+
+
+def _random_state(seed: int) -> dict[str, Tensor]:
+    """A small model state with what a real one holds: float32 weights, BatchNorm statistics
+    and an int64 counter, and a float16 tensor."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "0.0.weight": torch.randn(4, 3, generator=g) * 10,
+        "0.1.running_mean": torch.randn(4, generator=g),
+        "0.1.running_var": torch.rand(4, generator=g) + 0.5,
+        "0.1.num_batches_tracked": torch.randint(0, 1000, (), generator=g),
+        "1.half": torch.randn(5, generator=g).half(),
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seeds=st.lists(st.integers(0, 2**31), min_size=1, max_size=6),
+    weights=st.lists(
+        st.one_of(st.integers(1, 5000).map(float), st.floats(0.01, 1e4)), min_size=6, max_size=6
+    ),
+    left_out=st.sets(st.integers(0, 5), max_size=5),
+    order=st.randoms(use_true_random=False),
+)
+def test_the_running_sum_equals_the_average_of_the_parts_it_was_given(
+    seeds: list[int], weights: list[float], left_out: set[int], order: random.Random
+) -> None:
+    parts = [(_random_state(seed), weights[i]) for i, seed in enumerate(seeds)]
+    # A late device's part never reaches the sum; the rest arrive in any order.
+    kept = [p for i, p in enumerate(parts) if i not in left_out] or parts[:1]
+    arrivals = list(kept)
+    order.shuffle(arrivals)
+    total = FedAvgSum()
+    for state, weight in arrivals:
+        total.add(state, weight)
+    assert total.parts == len(kept)
+    streamed = total.average()
+    batch = fedavg([s for s, _ in kept], [w for _, w in kept])
+    assert streamed.keys() == batch.keys()
+    for key, expected in batch.items():
+        got = streamed[key]
+        assert got.dtype == expected.dtype
+        assert got.shape == expected.shape
+        if expected.is_floating_point():
+            torch.testing.assert_close(got, expected)
+        else:
+            # The same rounding of the weighted mean; at an exact tie (x.5) the two summation
+            # orders may land either side of it.
+            exact = math.fsum(float(s[key]) * w for s, w in kept) / math.fsum(w for _, w in kept)
+            tie = abs(exact - math.floor(exact) - 0.5) < 1e-6
+            assert abs(int(got) - int(expected)) <= (1 if tie else 0), (exact, got, expected)
+
+
+def test_the_running_sum_of_real_models_equals_fedavg() -> None:
+    states, samples = _states(3), [120, 80, 40]
+    total = FedAvgSum()
+    for state, n in zip(states, samples, strict=True):
+        total.add(state, n)
+    streamed, batch = total.average(), fedavg(states, samples)
+    for key, expected in batch.items():
+        torch.testing.assert_close(streamed[key], expected)
+    assert torch.equal(streamed["0.1.num_batches_tracked"], batch["0.1.num_batches_tracked"])
+
+
+def test_a_single_part_comes_back_exactly() -> None:
+    (state,) = _states(1)
+    total = FedAvgSum()
+    total.add(state, 37)
+    assert all(torch.equal(total.average()[k], state[k]) for k in state)
+
+
+def test_the_running_sum_rejects_what_fedavg_rejects() -> None:
+    a, b = _states(2)
+    total = FedAvgSum()
+    with pytest.raises(SplitError, match="no part"):
+        total.average()
+    with pytest.raises(SplitError, match="weight"):
+        total.add(a, math.nan)
+    total.add(a, 0)
+    with pytest.raises(SplitError, match="sum to > 0"):
+        total.average()
+    with pytest.raises(SplitError, match=r"6\.bias"):
+        total.add({**b, "6.bias": torch.zeros(11)}, 1)
+    total.add(b, 2)
+    assert all(torch.equal(total.average()[k], b[k]) for k in b)
