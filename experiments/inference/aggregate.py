@@ -154,13 +154,17 @@ def summarise_devices(
 def windows_p99(
     records: Sequence[Record], bounds: Mapping[str, tuple[float, float]]
 ) -> dict[str, dict[str, Any]]:
-    """For each named ``[start, end)`` of send times: the p99 and mean latency and how many
-    requests were sent then (lost ones count in ``lost``)."""
+    """For each named ``[start, end)`` of send times: the p99 and mean latency (and the p99 the
+    devices report) and how many requests were sent then (lost ones count in ``lost``)."""
     out: dict[str, dict[str, Any]] = {}
     for name, (start, end) in bounds.items():
         inside = [r for r in records if start <= r.sent_s < end]
         latencies = [lat for r in inside if (lat := r.latency_ms) is not None]
         stats = latency_stats(latencies)
+        labelled = [r for r in inside if r.label is not None]
+        on_device = latency_stats(
+            [lat for r in labelled if (lat := r.device_latency_ms) is not None]
+        )
         out[name] = {
             "from_s": start,
             "to_s": end,
@@ -168,5 +172,6 @@ def windows_p99(
             "lost": sum(r.answered_s is None for r in inside),
             "latency_ms_p99": stats["latency_ms_p99"],
             "latency_ms_mean": stats["latency_ms_mean"],
+            "device_latency_ms_p99": on_device["latency_ms_p99"],
         }
     return out

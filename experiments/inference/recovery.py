@@ -77,12 +77,10 @@ def recovery(
         bounds["after_replan"] = (replan_s, min(end_s, replan_s + WINDOW_S))
     device_records = [r for r in records if r.device == drop.device]
     device_windows = windows_p99(device_records, bounds)
-    recovered = None
+    recovered = recovered_on_device = None
     if replan_s is not None:
-        p99_before = device_windows["before_drop"]["latency_ms_p99"]
-        p99_after = device_windows["after_replan"]["latency_ms_p99"]
-        if p99_before is not None and p99_after is not None:
-            recovered = p99_after <= RECOVERED_WITHIN * p99_before
+        recovered = _recovered(device_windows, "latency_ms_p99")
+        recovered_on_device = _recovered(device_windows, "device_latency_ms_p99")
     return {
         "device": drop.device,
         "drop_s": drop.at_s,
@@ -95,7 +93,17 @@ def recovery(
         "device_windows": device_windows,
         "fleet_windows": windows_p99(records, bounds),
         "recovered": recovered,
+        "recovered_on_device": recovered_on_device,
     }
+
+
+def _recovered(windows: Mapping[str, Mapping[str, Any]], key: str) -> bool | None:
+    """Whether the p99 (``key``) after the re-plan is back within ``RECOVERED_WITHIN`` of the
+    p99 before the drop; None without both."""
+    before, after = windows["before_drop"][key], windows["after_replan"][key]
+    if before is None or after is None:
+        return None
+    return bool(after <= RECOVERED_WITHIN * before)
 
 
 def _entry(entry: tuple[int, float | None] | None) -> dict[str, Any] | None:

@@ -140,8 +140,11 @@ def _recoveries(document: Mapping[str, Any]) -> list[str]:
                 f"{_f(w['before_drop']['latency_ms_p99'])} | "
                 f"{_f(w['after_drop']['latency_ms_p99'])} | "
                 f"{_f(w.get('after_replan', {}).get('latency_ms_p99'))} | "
+                f"{_f(w['before_drop'].get('device_latency_ms_p99'))} / "
+                f"{_f(w['after_drop'].get('device_latency_ms_p99'))} / "
+                f"{_f(w.get('after_replan', {}).get('device_latency_ms_p99'))} | "
                 f"{_plan(r['plan_before'])} -> {_plan(r['plan_after'])} | "
-                f"{'-' if r['recovered'] is None else 'yes' if r['recovered'] else 'no'} |"
+                f"{_yes(r['recovered'])} / {_yes(r.get('recovered_on_device'))} |"
             )
     if not rows:
         return []
@@ -153,8 +156,9 @@ def _recoveries(document: Mapping[str, Any]) -> list[str]:
         "the re-plan at most 1.2 times p99 before the drop.",
         "",
         "| policy | device | Mbit/s | drop at s | drop to re-plan s | p99 before | p99 after "
-        "drop | p99 after re-plan | plan | recovered |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "drop | p99 after re-plan | on device: p99 before / after drop / after re-plan | plan | "
+        "recovered (end to end / on device) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
         *rows,
         "",
     ]
@@ -173,6 +177,10 @@ def _devices(document: Mapping[str, Any]) -> list[str]:
                 f"{d['lost']} |"
             )
     return [*lines, ""]
+
+
+def _yes(flag: bool | None) -> str:
+    return "-" if flag is None else "yes" if flag else "no"
 
 
 def _plan(entry: Mapping[str, Any] | None) -> str:
