@@ -62,7 +62,8 @@ class EdgeSettings(ServiceSettings):
     wire_dtype: WireDtype = "float32"
     wire_dtypes: dict[str, WireDtype] = Field(default_factory=dict)
     # Error feedback on quantised gradients: each device's quantisation error of one batch's
-    # gradient is added to the next before it is quantised (edge_service.error_feedback).
+    # gradient is added to the next before it is quantised (edge_service.error_feedback). Off:
+    # on digits neither int8 nor int4 lost accuracy without it (docs/benchmarks.md).
     grad_error_feedback: bool = False
 
     # Every network wait is bounded.
