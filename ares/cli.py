@@ -12,7 +12,7 @@ import difflib
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Takes the service's own flags, e.g.: ares config show device --config "
         "/etc/ares/device.toml --id pi-1",
     )
-    show.add_argument("service", choices=["edge", "device"])
+    show.add_argument("service", choices=["edge", "device", "serve"])
     show.add_argument("flags", nargs=argparse.REMAINDER, help="that service's flags")
     show.set_defaults(handler=_config_show)
 
@@ -483,8 +483,22 @@ def _device(args: argparse.Namespace) -> int:
 
 
 def _config_show(args: argparse.Namespace) -> int:
+    from ares.serve_command import (
+        serve_settings_and_flags,
+        serving_device_settings_and_flags,
+        serving_mode,
+    )
+
     service_args = build_parser().parse_args([args.service, *args.flags])
-    build = edge_settings if args.service == "edge" else device_settings
+    build: Callable[[argparse.Namespace], tuple[ServiceSettings, dict[str, Any]]]
+    if args.service == "edge":
+        build = edge_settings
+    elif args.service == "serve":
+        build = serve_settings_and_flags
+    elif serving_mode(service_args):
+        build = serving_device_settings_and_flags
+    else:
+        build = device_settings
     settings, flags = build(service_args)
     print(f"# ares {args.service}: effective settings (defaults < file < ARES_* env < flags)")
     print(show_settings(settings, service_args.config, flags, FLAG_NAMES), end="")

@@ -28,7 +28,9 @@ __all__ = [
     "run_serve",
     "run_serving_device",
     "serve_settings",
+    "serve_settings_and_flags",
     "serving_device_settings",
+    "serving_device_settings_and_flags",
     "serving_mode",
     "serving_variables",
 ]
@@ -97,10 +99,16 @@ def serving_mode(args: argparse.Namespace) -> bool:
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
     """The serving edge's settings from its flags (and the file and environment)."""
+    return serve_settings_and_flags(args)[0]
+
+
+def serve_settings_and_flags(args: argparse.Namespace) -> tuple[ServeSettings, dict[str, Any]]:
+    """The serving edge's settings, and the values its flags gave (``ares config show``)."""
     from ares.cli import _overrides, load_service_settings
     from serving.settings import ServeSettings
 
-    return load_service_settings(ServeSettings, args.config, _overrides(args, *SERVE_FLAGS))
+    flags = _overrides(args, *SERVE_FLAGS)
+    return load_service_settings(ServeSettings, args.config, flags), flags
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -116,15 +124,22 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def serving_device_settings(args: argparse.Namespace) -> ServingDeviceSettings:
     """``ares device --serve``'s settings: the device's, and serving's flags."""
+    return serving_device_settings_and_flags(args)[0]
+
+
+def serving_device_settings_and_flags(
+    args: argparse.Namespace,
+) -> tuple[ServingDeviceSettings, dict[str, Any]]:
+    """``ares device --serve``'s settings, and the values its flags gave (``ares config show``)."""
     from ares.cli import device_settings
     from serving.settings import ServingDeviceSettings
 
     extra: dict[str, Any] = {
         name: getattr(args, name) for name in DEVICE_FLAGS if getattr(args, name) is not None
     }
-    settings, _ = device_settings(args, ServingDeviceSettings, extra)
+    settings, flags = device_settings(args, ServingDeviceSettings, extra)
     assert isinstance(settings, ServingDeviceSettings)
-    return settings
+    return settings, {**flags, **extra}
 
 
 def run_serving_device(args: argparse.Namespace) -> int:

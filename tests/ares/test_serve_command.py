@@ -54,3 +54,14 @@ def test_serving_variables_are_known() -> None:
     environ = {"ARES_WATCH_DIR": "/cam", "ARES_DEADLINE_MS": "200", "ARES_ACCURACY_FLOOR": "0.1"}
     assert unknown_variables(environ) == []
     assert unknown_variables({"ARES_WATCH_DRI": "/cam"}) != []
+
+
+def test_config_show_tells_where_serving_settings_come_from(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["config", "show", "serve", "--policy", "edge"]) == 0
+    assert 'policy = "edge"  # from flag --policy' in capsys.readouterr().out
+    assert main(["config", "show", "device", "--serve", "--deadline-ms", "250"]) == 0
+    shown = capsys.readouterr().out
+    assert "deadline_ms = 250.0  # from flag --deadline-ms" in shown
+    assert 'artifact = "model.ares"' in shown  # serving's defaults, beside the device's
