@@ -707,10 +707,15 @@ def build_act(spec: ActSpec, round_: OpenRound) -> tuple[str, bytes, bool]:
     if "unknown_device" in d:
         topic_id = GHOST
     payload = encode_frame(meta, tensors)
+    removed = 0
     if "truncate" in d:
-        payload = payload[: len(payload) - 1 - knob % len(payload)]
+        removed = 1 + knob % len(payload)
+        payload = payload[: len(payload) - removed]
     if "trailing" in d:
-        payload += bytes(1 + knob % 16)
+        # Never as many bytes as were cut: zeros in place of a cut tail (a NaN among them) may
+        # make a valid frame again, which the edge rightly applies.
+        added = 1 + knob % 16
+        payload += bytes(added + (added == removed))
     return topic_id, payload, not d and seq == next_seq
 
 
