@@ -148,14 +148,15 @@ def bench_scenario(args: argparse.Namespace) -> Scenario:
     return scenario
 
 
-def parse_policies(text: str) -> tuple[str, ...]:
-    """``ares,fl`` -> ("ares", "fl"), in the order given; unknown or repeated names are errors."""
+def parse_policies(text: str, choices: tuple[str, ...] = POLICIES) -> tuple[str, ...]:
+    """``ares,fl`` -> ("ares", "fl"), in the order given; names not in ``choices`` or repeated
+    are errors."""
     names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [n for n in names if n not in POLICIES]
+    unknown = [n for n in names if n not in choices]
     if unknown or not names:
         raise ValueError(
             f"--policies: unknown {', '.join(unknown) or '(none given)'}; "
-            f"choose from {', '.join(POLICIES)}"
+            f"choose from {', '.join(choices)}"
         )
     if len(set(names)) != len(names):
         raise ValueError(f"--policies: each policy once, got {text!r}")

@@ -78,15 +78,11 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
     given = [name for name, value in training_only.items() if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)}: for --task train only")
-    policies = SERVING_BENCH_POLICIES
+    from ares.bench_command import bench_scenario, parse_policies  # here: it imports this module
+
+    policies: tuple[str, ...] = SERVING_BENCH_POLICIES
     if args.policies:
-        policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
-        unknown = [p for p in policies if p not in SERVING_BENCH_POLICIES]
-        if unknown or not policies or len(set(policies)) != len(policies):
-            raise ValueError(
-                f"--policies: each once, from {', '.join(SERVING_BENCH_POLICIES)}; "
-                f"got {args.policies!r}"
-            )
+        policies = parse_policies(args.policies, SERVING_BENCH_POLICIES)
     if args.alpha is not None and not 0 <= args.alpha <= 1:
         raise ValueError(f"--alpha must lie in [0, 1], got {args.alpha:g}")
     positive = {"--rate": args.rate, "--duration": args.duration,
@@ -98,8 +94,6 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
         raise ValueError(f"--requests must be at least 1, got {args.requests}")
     if args.artifact is not None and not args.artifact.is_file():
         raise ValueError(f"--artifact: no file {args.artifact}")
-    from ares.bench_command import bench_scenario  # here: it imports this module
-
     return InferenceOptions(
         scenario=bench_scenario(args),
         out=args.out,
