@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from schemas.messages import WIRE_DTYPES
 from schemas.partitions import PartitionError, check_partition
 
-__all__ = ["partition_arg", "positions_arg", "shape_arg"]
+__all__ = ["partition_arg", "positions_arg", "shape_arg", "wire_formats_arg"]
 
 
 def shape_arg(text: str) -> tuple[int, ...]:
@@ -34,3 +35,14 @@ def positions_arg(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected positions such as 2,4, got {text!r}") from None
+
+
+def wire_formats_arg(text: str) -> list[str]:
+    """``--wire-formats``: float32,int8 -> ["float32", "int8"]; "" -> [] (no choice)."""
+    formats = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [f for f in formats if f not in WIRE_DTYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown wire formats {unknown}: choose from {', '.join(WIRE_DTYPES)}"
+        )
+    return formats

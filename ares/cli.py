@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import ValidationError
 
 import runtime
-from ares.arg_types import partition_arg, positions_arg, shape_arg
+from ares.arg_types import partition_arg, positions_arg, shape_arg, wire_formats_arg
 from ares.bench_command import add_bench_parser
 from ares.broker_command import add_broker_parser
 from ares.demo_command import DemoHelpFormatter
@@ -49,6 +49,7 @@ from schemas.config_file import (
 from schemas.errors import AresError
 from schemas.messages import WIRE_DTYPES
 from schemas.partitions import PARTITION_HELP
+from schemas.weight_delta import WEIGHT_WIRES
 from testbed.scenario import shipped_scenarios
 
 if TYPE_CHECKING:
@@ -260,6 +261,25 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
         help="activations and gradients on the wire: float32, float16, or quantised int8 or "
         "int4 (affine per channel)",
     )
+    p.add_argument(
+        "--weight-wire",
+        choices=WEIGHT_WIRES,
+        help="the device part's weights, down with each round start and up with each part: "
+        "float32, or quantised deltas against the round start both sides hold, int8-delta "
+        "(default; a quarter of the bytes) or int4-delta (an eighth)",
+    )
+    p.add_argument(
+        "--wire-formats",
+        type=wire_formats_arg,
+        help="formats the ares policy may choose per device with its cut, --wire-dtype first "
+        "(default: all; '' or --wire-dtype alone: none to choose)",
+    )
+    p.add_argument(
+        "--wire-accuracy-bound",
+        type=float,
+        help="a format is allowed where its accuracy cost on held-out data is within this many "
+        "points (default 1)",
+    )
     p.add_argument("--seed", type=int, help="model initialisation and data shards")
     p.add_argument("--report", type=Path, help="write the JSON run report here")
 
@@ -385,6 +405,8 @@ def load_service_settings(
 TRAINING = (
     "rounds", "policy", "alpha", "split", "model", "dataset", "data_dir", "batch_size",
     "batches_per_round", "lr", "wire_dtype", "seed", "report", "data", "input_shape", "classes",
+    "wire_formats", "wire_accuracy_bound",
+    "weight_wire",
 )  # fmt: skip
 
 

@@ -47,7 +47,7 @@ class DeviceLaunch:
 # Edge settings a scenario sets and a flag (or the bench) may override.
 EDGE_NAMES = ("policy", "alpha", "split", "model", "dataset", "data_dir", "batch_size",
               "batches_per_round", "lr", "wire_dtype", "seed", "data", "input_shape",
-              "classes")  # fmt: skip
+              "classes", "wire_formats", "wire_accuracy_bound", "weight_wire")  # fmt: skip
 
 
 @dataclass(frozen=True)

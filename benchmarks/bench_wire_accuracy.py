@@ -1,6 +1,7 @@
 """What the wire format costs in accuracy: the same run (seed, shards, data order, cut) with
 float32, float16, int8 and int4 activations and gradients, quantised gradients with and without
-error feedback (``grad_error_feedback``).
+error feedback (``grad_error_feedback``), and the device part's weights as int8 or int4 deltas
+(``weight_wire``; every other case sends them in float32).
 
 A real edge and device agents in one event loop over the in-memory broker (no network: the
 bytes are the same, the timing is not the point), on the bundled digits. With the same seed a
@@ -8,6 +9,7 @@ float32 run is reproducible to the bit, so each difference against it is the for
 Prints final accuracy per format and seed, and the mean difference against float32.
 
     python benchmarks/bench_wire_accuracy.py [--rounds 4] [--seeds 0,1,2] [--split 1]
+    python benchmarks/bench_wire_accuracy.py --split 5 --devices 3 --cases float32,w:int8-delta
 """
 
 from __future__ import annotations
@@ -23,23 +25,30 @@ from edge_service import EdgeService, EdgeSettings
 from transport import MemoryBroker
 
 HANG_S = 600.0
-CASES: tuple[tuple[str, str, bool], ...] = (
-    ("float32", "float32", False),
-    ("float16", "float16", False),
-    ("int8", "int8", False),
-    ("int8+ef", "int8", True),
-    ("int4", "int4", False),
-    ("int4+ef", "int4", True),
+# (name, activations' and gradients' wire, error feedback on gradients, weight wire)
+CASES: tuple[tuple[str, str, bool, str], ...] = (
+    ("float32", "float32", False, "float32"),
+    ("float16", "float16", False, "float32"),
+    ("int8", "int8", False, "float32"),
+    ("int8+ef", "int8", True, "float32"),
+    ("int4", "int4", False, "float32"),
+    ("int4+ef", "int4", True, "float32"),
+    ("w:int8-delta", "float32", False, "int8-delta"),
+    ("w:int4-delta", "float32", False, "int4-delta"),
+    ("int8+w:int8-delta", "int8", False, "int8-delta"),
 )
 
 
-async def run(args: argparse.Namespace, seed: int, wire: str, feedback: bool) -> float:
+async def run(
+    args: argparse.Namespace, seed: int, wire: str, feedback: bool, weight_wire: str
+) -> float:
     broker = MemoryBroker()
     settings = EdgeSettings(
         policy="sl", split=args.split, rounds=args.rounds, batch_size=args.batch_size,
         min_devices=args.devices, checkpoint=None, torch_threads=1, compute_workers=2,
         registration_timeout_s=HANG_S, profile_timeout_s=HANG_S, seed=seed,
         wire_dtype=wire, grad_error_feedback=feedback, dataset=args.dataset,
+        weight_wire=weight_wire,
     )  # fmt: skip
     edge = EdgeService(settings, connect=broker.connect)
     agents = [
@@ -68,24 +77,24 @@ async def run(args: argparse.Namespace, seed: int, wire: str, feedback: bool) ->
 async def main(args: argparse.Namespace) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     cases = [c for c in CASES if c[0] in args.cases.split(",")] if args.cases else list(CASES)
-    results: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    results: dict[str, list[float]] = {name: [] for name, *_ in cases}
     print(f"digits, {args.devices} device(s), cut {args.split}, {args.rounds} rounds, "
           f"batch {args.batch_size}, seeds {seeds}")  # fmt: skip
     for seed in seeds:
-        for name, wire, feedback in cases:
+        for name, wire, feedback, weight_wire in cases:
             began = time.perf_counter()
-            accuracy = await run(args, seed, wire, feedback)
+            accuracy = await run(args, seed, wire, feedback, weight_wire)
             results[name].append(accuracy)
-            print(f"  seed {seed} {name:8s} final accuracy {accuracy:.4f} "
+            print(f"  seed {seed} {name:17s} final accuracy {accuracy:.4f} "
                   f"({time.perf_counter() - began:.1f} s)", flush=True)  # fmt: skip
-    print(f"{'format':9s} {'mean acc':>9s} {'vs float32 (points)':>22s}  per seed")
+    print(f"{'format':17s} {'mean acc':>9s} {'vs float32 (points)':>22s}  per seed")
     base = results.get("float32")
     for name, accuracies in results.items():
         diffs: Any = "-"
         if base is not None:
             deltas = [100 * (a - b) for a, b in zip(accuracies, base, strict=True)]
             diffs = f"{statistics.mean(deltas):+.2f} [{min(deltas):+.2f}, {max(deltas):+.2f}]"
-        print(f"{name:9s} {statistics.mean(accuracies):9.4f} {diffs:>22s}  "
+        print(f"{name:17s} {statistics.mean(accuracies):9.4f} {diffs:>22s}  "
               + " ".join(f"{a:.4f}" for a in accuracies))  # fmt: skip
 
 

@@ -49,6 +49,10 @@ class DeviceTimings:
             batch_size=host.batch_size,
             forward_s=_phase(host.forward_s, floor.forward_s if floor else None, factor),
             backward_s=_phase(host.backward_s, floor.backward_s if floor else None, factor),
+            # Encoding runs on the host, at its speed (an emulated board pads block times only).
+            codec_s_per_mb=None
+            if host.codec_s_per_mb is None
+            else {fmt: factor * s for fmt, s in host.codec_s_per_mb.items()},
         )
 
 

@@ -30,6 +30,7 @@ from device_agent.host import host_environment
 from device_agent.link_estimate import LinkEstimate
 from device_agent.ports import Environment, HostTimings, Pace
 from device_agent.settings import DeviceSettings
+from device_agent.weight_base import WeightBase
 from schemas import (
     PROTOCOL_VERSION,
     ActivationMeta,
@@ -54,6 +55,7 @@ from schemas import (
     Telemetry,
     Topics,
     WeightsMeta,
+    WeightsResync,
     Welcome,
     WireTensor,
     decode_frame,
@@ -67,6 +69,7 @@ from schemas import (
 )
 from schemas.errors import AresError
 from schemas.messages import WIRE_DTYPES, DeviceState
+from schemas.weight_delta import WEIGHT_WIRES
 from transport import Connect, LastWill, Link, LinkError, Message, mqtt_connector
 from transport.tasks import BackgroundTasks, cancel_and_wait
 
@@ -185,6 +188,9 @@ class SessionEvents:
     def uploaded(self) -> None:
         """A round's weights were uploaded."""
 
+    def weights_resync(self) -> None:
+        """The session asked for full weights: it could not apply a round start's deltas."""
+
     def round_failed(self, error: Exception) -> None:
         """A round failed on this side (NoGradient: the edge never answered a batch)."""
 
@@ -240,6 +246,7 @@ class DeviceSession(Generic[TrainerT]):
         self._pending: dict[tuple[int, int], asyncio.Future[Frame]] = {}
         self._background = BackgroundTasks()
         self._profiled: DeviceTimings | None = None  # our block timings, profiled at registration
+        self.weight_base = WeightBase()  # the round start we hold, for weight deltas
         self._timings: ComputeProfile | None = None  # as we run them now: what the edge plans with
         self.link = LinkEstimate.new()
         self._connect = connect or mqtt_connector(settings.mqtt, shaper=environment.link.shaper)
@@ -397,7 +404,12 @@ class DeviceSession(Generic[TrainerT]):
         round_no, train = start.round, start.train
         tally = RoundTally()
         try:
-            await self.trainer.start_round(start, frame.tensors)
+            try:  # off the event loop: deltas are added to the start we hold
+                weights = await asyncio.to_thread(self.weight_base.start, start, frame)
+            except CodecError as exc:
+                await self._ask_full_weights(start, exc)
+                return
+            await self.trainer.start_round(start, weights)
             await self._prepare_board(start.model)
             await self._publish_status("training", round_no)
             log.info("%s: round %d, cut %d, %d batches", self.device_id, round_no, start.cut,
@@ -459,23 +471,43 @@ class DeviceSession(Generic[TrainerT]):
         return parse_meta(GradientMeta, reply.meta).loss, int(labels.shape[0])
 
     async def _upload_weights(self, start: RoundStart, tally: RoundTally) -> None:
+        state = await self.trainer.state()
+        # Deltas against the round's start where its weight wire asks (off the event loop).
+        encoded = await asyncio.to_thread(self.weight_base.upload, start, state)
         weights = WeightsMeta(
             device_id=self.device_id, round=start.round, cut=start.cut,
             samples=tally.samples, batches=tally.batches, busy_s=tally.busy_s,
             loss=tally.loss_sum / tally.samples if tally.samples else None,
             rtt_median_s=statistics.median(tally.round_trips) if tally.round_trips else None,
             uplink_s=tally.uplink_s, downlink_s=tally.downlink_s, behind_s=tally.behind_s,
+            weights_base=start.round if encoded.deltas else None,
         )  # fmt: skip
-        state = await self.trainer.state()
         payload = encode_frame(
             to_meta(weights, self.edge_protocol),
-            state,
+            encoded.tensors,
             max_bytes=self.settings.mqtt.max_payload_bytes,
         )
         sent = time.perf_counter()
         await self._publish(self.topics.device(self.device_id, DeviceChannel.WEIGHTS), payload)
         self.link.uplink.add(len(payload), time.perf_counter() - sent)
+        self.weight_base.sent(start)
         self.events.uploaded()
+
+    async def _ask_full_weights(self, start: RoundStart, problem: CodecError) -> None:
+        """The round start's deltas do not fit the start we hold (we restarted, missed a
+        round, or they are malformed): ask the edge for the round start with full weights."""
+        self._started = None  # the round start that answers is no repeat
+        self.events.weights_resync()
+        log.warning("%s: cannot apply round %d's weights (%s); asking for them in full",
+                    self.device_id, start.round, problem)  # fmt: skip
+        request = WeightsResync(
+            device_id=self.device_id, round=start.round, weights_base=start.weights_base,
+            held=self.weight_base.held_round, reason=str(problem)[:200],
+        )  # fmt: skip
+        payload = encode_frame(
+            to_meta(request, self.edge_protocol), max_bytes=self.settings.mqtt.max_payload_bytes
+        )
+        await self._publish(self.topics.device(self.device_id, DeviceChannel.WEIGHTS), payload)
 
     async def _exchange(
         self, round_no: int, seq: int, payload: bytes, wait_s: float, tally: RoundTally
@@ -583,9 +615,13 @@ class DeviceSession(Generic[TrainerT]):
             measured = await self.trainer.profile(model, batch_size, urgent=True)
             board = self.environment.board
             await self._prepare_board(model)
+            from splitnn.codec_profile import measure_codec_costs  # torch: only where it trains
+
+            codec = await asyncio.to_thread(measure_codec_costs, WIRE_DTYPES)  # ~0.1 s
             host = ComputeProfile(
                 model=model.name, batch_size=batch_size,
                 forward_s=measured.forward_s, backward_s=measured.backward_s,
+                codec_s_per_mb={f: c.encode_s_per_mb + c.decode_s_per_mb for f, c in codec.items()},
             )  # fmt: skip
             floor = None
             if board.emulates_compute:
@@ -720,6 +756,7 @@ class DeviceSession(Generic[TrainerT]):
             profile=self.settings.profile,
             link_mode=self.settings.link_mode,
             wire_dtypes=WIRE_DTYPES,
+            weight_wires=WEIGHT_WIRES,
             **self._declared_resources(),
         )
         await self._publish(

@@ -79,6 +79,7 @@ def _device_report(
         rtt_median_s=result.rtt_median_s,
         round_s=None if result.round_s is None else round(result.round_s, 4),
         contributed=result.contributed,
+        wire_dtype=entry.wire_dtype,
         discarded_batches=result.discarded_batches,
         energy_j=round(energy, 4),
         uplink_mbps=_mbps(link.uplink_bps) if link.known else None,
@@ -88,6 +89,7 @@ def _device_report(
         link_mode=record.hello.link_mode if record else "unknown",
         emulation_behind_s=round(result.behind_s, 4),
         weights_s=round(weights_up_s + weights_down_s, 4),
+        weights_bytes=_weights_bytes(result),
     )
 
 
@@ -97,14 +99,29 @@ def _weights_transfer_s(
     """Seconds the device part's weights took up and down this round (estimated).
 
     The weights ride on the round start and the round's last message, so no transfer of them is
-    timed on its own: their bytes over the device's link estimates stand in.
+    timed on its own: their bytes over the device's link estimates stand in. The bytes as sent
+    (deltas or whole, re-sends included: ``edge_service.weight_sync``) where the round counted
+    them, else float32 weights at the cut.
     """
-    bits = 8.0 * sum(
-        t.numel() * t.element_size() for k, t in global_state.items() if block_index(k) < result.cut
-    )
-    # Down with every round start; up only from a device whose part came back.
-    up = bits / link.uplink_bps if result.state is not None else 0.0
-    return up, bits / link.downlink_bps
+    if result.weights_down_bytes is not None:
+        down_bits = 8.0 * result.weights_down_bytes
+        up_bits = 8.0 * (result.weights_up_bytes or 0)
+    else:
+        down_bits = 8.0 * sum(
+            t.numel() * t.element_size()
+            for k, t in global_state.items()
+            if block_index(k) < result.cut
+        )
+        # Down with every round start; up only from a device whose part came back.
+        up_bits = down_bits if result.state is not None else 0.0
+    return up_bits / link.uplink_bps, down_bits / link.downlink_bps
+
+
+def _weights_bytes(result: DeviceResult) -> int | None:
+    """Data bytes of the device part's weights sent down and up (None: not counted)."""
+    if result.weights_down_bytes is None:
+        return None
+    return result.weights_down_bytes + (result.weights_up_bytes or 0)
 
 
 def _mbps(bps: float) -> float:

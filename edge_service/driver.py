@@ -16,8 +16,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
+from dataclasses import replace
 
 import torch
 
@@ -26,11 +27,23 @@ from edge_service.evaluation import Evaluation
 from edge_service.fanout import gather_bounded
 from edge_service.loop_lag import LoopLagMonitor
 from edge_service.outbox import Outbox
-from edge_service.planning import RoundPlan
+from edge_service.overhead import OverheadLearner
+from edge_service.overhead_feed import round_observations, with_overheads
+from edge_service.planning import DeviceReadings, RoundPlan
 from edge_service.registry import DeviceRegistry
 from edge_service.rejections import Counters, Rejected
-from edge_service.rounds import DeviceResult, RoundContext, RoundRunner, prepare_parts
+from edge_service.rounds import (
+    DeviceResult,
+    DeviceRound,
+    RoundContext,
+    RoundRunner,
+    prepare_parts,
+)
 from edge_service.run_state import RunState, Stamp
+from edge_service.weight_sync import WeightSync
+from edge_service.wire_calibration import WireAccuracy
+from edge_service.wire_options import allowed_summary, wire_options
+from planner import WireOption
 from schemas import (
     DevicePlanEntry,
     PlanMessage,
@@ -38,11 +51,14 @@ from schemas import (
     RoundClose,
     RoundStart,
     TrainConfig,
+    WeightsResync,
     to_json,
     usable_wire_dtype,
     wire_itemsize,
 )
-from schemas.messages import EdgeState, WireDtype
+from schemas.messages import WIRE_DTYPES, EdgeState, WireDtype
+from schemas.weight_delta import WeightWire, usable_weight_wire, weight_scale
+from splitnn.codec_profile import measure_codec_costs
 from splitnn.fedavg import FedAvgSum
 from splitnn.tensors import state_to_arrays
 from transport import LinkError
@@ -84,6 +100,13 @@ class RoundDriver:
         self.current: RoundRunner | None = None  # the round in flight
         self.round_no = run.first_round - 1  # the round in flight, else the last one run
         self._reporting: list[str] = []  # the devices that contributed to the last round
+        self.overheads = OverheadLearner()  # what the cost model misses, learned per round
+        self.weight_sync = WeightSync()  # what each device holds, for weight deltas
+        # Wire formats chosen with the cuts: the edge's codec speed and the last calibration.
+        self._choosing_formats = run.planner.chooses_formats and len(self.settings.wire_formats) > 1
+        self._edge_codec: dict[str, float] = {}
+        self._wire_accuracy: WireAccuracy | None = None
+        self._since_calibration_s = 0.0  # rounds' time since the last calibration
         self.context = RoundContext(
             spec=run.spec,
             torch_device=run.torch_device,
@@ -113,6 +136,10 @@ class RoundDriver:
             initial = await loop.run_in_executor(self.executor, run.evaluate)
             run.report.initial_accuracy = initial.accuracy
             log.info("initial accuracy %.4f loss %.4f", initial.accuracy, initial.loss)
+        if self._choosing_formats:
+            costs = await loop.run_in_executor(self.executor, measure_codec_costs, WIRE_DTYPES)
+            self._edge_codec = {f: c.encode_s_per_mb + c.decode_s_per_mb for f, c in costs.items()}
+            await self._calibrate_wire(run.global_state, run.first_round - 1)
         # The last round's evaluation, record and checkpoint, running behind the next round.
         behind: asyncio.Task[Evaluation] | None = None
         try:
@@ -171,12 +198,37 @@ class RoundDriver:
         evaluation = await loop.run_in_executor(self.executor, self.run.evaluate, average)
         log.debug("round %d evaluated in %.2f s behind the next round", round_no,
                   time.perf_counter() - started)  # fmt: skip
+        if self._calibration_due(round_no, duration):
+            await self._calibrate_wire(average, round_no)
         self._record(round_no, plan, results, evaluation, duration, average)
         self.run.apply_stamp(stamp)  # the checkpoint carries the run's figures at the round's end
         # Only now: a checkpoint never holds a round whose evaluation did not happen. A crash
         # before this write resumes from the round before, and runs this one again.
         await loop.run_in_executor(self.executor, self.run.persist, round_no, plan, average)
         return evaluation
+
+    def _calibration_due(self, round_no: int, round_s: float) -> bool:
+        """Whether to measure the formats again behind this round: only while a round follows,
+        and only once the rounds since the last measurement took long enough that it costs at
+        most ``wire_calibration_share`` of the edge's time (it runs on the compute threads)."""
+        if not self._choosing_formats or round_no >= self.settings.rounds:
+            return False
+        self._since_calibration_s += round_s
+        last = self._wire_accuracy.elapsed_s if self._wire_accuracy else 0.0
+        return self._since_calibration_s * self.settings.wire_calibration_share >= last
+
+    async def _calibrate_wire(self, state: dict[str, torch.Tensor], round_no: int) -> None:
+        """Measure the lossy formats' accuracy cost on ``state`` (round ``round_no``'s average);
+        the next plan allows each format where it is within the bound."""
+        loop = asyncio.get_running_loop()
+        self._wire_accuracy = await loop.run_in_executor(
+            self.executor, self.run.calibrate_wire, state, round_no
+        )
+        self._since_calibration_s = 0.0
+        s = self.settings
+        log.info("wire formats on round %d's model, %s", round_no, allowed_summary(
+            self._wire_accuracy, s.wire_formats, self.run.planner.blocks, s.wire_accuracy_bound
+        ))  # fmt: skip
 
     def evicted(self, device_id: str) -> None:
         """The device is gone (it did not answer a ping): it leaves the round in flight."""
@@ -201,8 +253,25 @@ class RoundDriver:
             if session is not None and session.last_reply is not None:
                 self.outbox.spawn(self.outbox.publish_grad(device_id, session.last_reply))
             elif session is None or session.next_seq == 0:
-                arrays = state_to_arrays(device.device_state)
-                self.outbox.spawn(self.outbox.send_ctrl(device_id, device.start, arrays))
+                self.outbox.spawn(self._send_start(device_id, device))
+
+    def resync_weights(self, device_id: str, request: WeightsResync) -> None:
+        """The device cannot apply its round start's weight deltas (it does not hold their
+        base): send it the round start again with full weights."""
+        runner = self.current
+        device = runner.devices.get(device_id) if runner is not None else None
+        if device is None or device.start is None or device.result.done():
+            raise Rejected("not_in_round", f"no round start of round {request.round} in flight")
+        self.counters.add("weights_resync")
+        log.info("%s holds no round %s start (%s; it holds %s): full weights", device_id,
+                 request.weights_base, request.reason, request.held)  # fmt: skip
+        sent = device.weights
+        device.weights = self.weight_sync.resync(
+            device_id, device.device_state, sent.instance if sent else ""
+        )
+        device.weights.sent_bytes = sent.sent_bytes if sent else 0  # the deltas went, too
+        device.start = device.start.model_copy(update={"weights_base": None})
+        self.outbox.spawn(self._send_start(device_id, device))
 
     async def abort(self, reason: str) -> None:
         """Tell the devices of the round in flight that it is abandoned."""
@@ -234,26 +303,46 @@ class RoundDriver:
         online = self.devices.online()
         batches = {d: self._batches(r.hello.samples) for d, r in online.items()}
         readings = {
-            d: self.devices.readings(
-                d,
-                wire_itemsize(self._wire_dtype(d)),
-                # Plan for the samples this round really processes.
-                samples=min(r.hello.samples, batches[d] * settings.batch_size),
+            d: replace(
+                self.devices.readings(
+                    d,
+                    wire_itemsize(self._wire_dtype(d)),
+                    # Plan for the samples this round really processes.
+                    samples=min(r.hello.samples, batches[d] * settings.batch_size),
+                ),
+                wire_options=self._wire_options(d),
+                weight_scale=weight_scale(self._weight_wire(d)),
             )
             for d, r in online.items()
         }
+        readings = with_overheads(readings, self.overheads)
         # Pure computation, ~25 ms for 500 devices: in a worker thread, off the event loop.
         round_plan = await loop.run_in_executor(self.executor, run.planner.plan, readings)
+        # Every entry names the format its device uses (the planner's choice, else its own).
+        round_plan = replace(round_plan, devices={
+            d: e if e.wire_dtype else e.model_copy(update={"wire_dtype": self._wire_dtype(d)})
+            for d, e in round_plan.devices.items()
+        })  # fmt: skip
         deadline = self._round_deadline(round_plan)
         plan = {
             device_id: (entry.cut, self._train_config(device_id, batches[device_id], entry))
             for device_id, entry in round_plan.devices.items()
         }
+        for device_id, (cut, _) in plan.items():  # which of its timings follow a split round
+            self.devices[device_id].started(round_no, split=cut < run.planner.blocks)
         # Off the event loop: hundreds of server sessions take a good part of a second.
         parts = await loop.run_in_executor(
             self.executor, prepare_parts, self.context, round_no, run.global_state, plan
         )
+        # The weights each round start carries: deltas against what each device holds.
+        starts = await loop.run_in_executor(
+            self.executor, self.weight_sync.starts, {d: parts[d][0] for d in plan},
+            {d: self.devices[d].hello.instance for d in plan},
+            {d: self._weight_wire(d) for d in plan},
+        )  # fmt: skip
         runner = RoundRunner(self.context, round_no, run.global_state, plan, parts)
+        for device_id, weights in starts.items():
+            runner.devices[device_id].weights = weights
         # FedAvg as the parts arrive: each is added to the running sum in the compute pool.
         total = FedAvgSum()
         adding: dict[str, asyncio.Future[None]] = {}
@@ -279,6 +368,8 @@ class RoundDriver:
             results = await runner.run(deadline)
         finally:
             self.current = None
+        for device in runner.devices.values():
+            self._keep_held(round_no, device)
         for result in results:
             if result.state is None:  # it handed in nothing: make sure it stops
                 abort = RoundAbort(session=self.session, round=round_no, reason=result.detail)
@@ -287,10 +378,24 @@ class RoundDriver:
             add_part(result)  # any whose callback has not run yet
         await asyncio.gather(*adding.values())  # the last part's addition; the rest are done
         self._reporting = [r.device_id for r in results if r.contributed]
+        self._learn_overheads(round_plan, results, readings)
         average = None
         if total.parts:
             average = await loop.run_in_executor(self.executor, total.average)
         return round_plan, results, average
+
+    def _learn_overheads(
+        self,
+        plan: RoundPlan,
+        results: list[DeviceResult],
+        readings: Mapping[str, DeviceReadings],
+    ) -> None:
+        """What the round took beside what its plan priced (edge_service.overhead)."""
+        observations = round_observations(results, plan, readings, self.run.planner)
+        served = sum(1 for e in plan.devices.values() if e.cut < self.run.planner.blocks)
+        for problem in self.overheads.observe(observations, served_at_once=served):
+            self.counters.add("overhead_observations_rejected")
+            log.warning("not learning from a round's times: %s", problem)
 
     async def _publish_plan(self, round_no: int, plan: RoundPlan) -> None:
         message = PlanMessage(
@@ -322,12 +427,28 @@ class RoundDriver:
             model=self.run.model_info,
             train=train,
             deadline_s=deadline,
+            weights_base=device.weights.base_round if device.weights else None,
         )
         device.started, device.start = time.perf_counter(), message
         try:
-            await self.outbox.send_ctrl(device_id, message, state_to_arrays(device.device_state))
+            await self._send_start(device_id, device)
         except LinkError as exc:
             runner.drop(device_id, f"round start not delivered: {exc}")
+
+    async def _send_start(self, device_id: str, device: DeviceRound) -> None:
+        """The device's round start with its weights (counted as sent once published)."""
+        assert device.start is not None
+        weights = device.weights
+        tensors = weights.tensors if weights else state_to_arrays(device.device_state)
+        await self.outbox.send_ctrl(device_id, device.start, tensors)
+        if weights is not None:
+            weights.sent_bytes += weights.data_bytes
+
+    def _keep_held(self, round_no: int, device: DeviceRound) -> None:
+        """A device whose part the edge accepted holds its round start (the base of the next
+        round start's deltas)."""
+        if device.weights is not None and device.result.result().weights_up_bytes is not None:
+            self.weight_sync.accepted(device.device_id, round_no, device.weights)
 
     async def _close_device(self, device_id: str) -> None:
         await self.outbox.send_ctrl(
@@ -367,6 +488,28 @@ class RoundDriver:
         wanted = self.settings.wire_dtypes.get(device_id, self.settings.wire_dtype)
         return usable_wire_dtype(wanted, self.devices[device_id].hello.wire_dtypes)
 
+    def _wire_options(self, device_id: str) -> tuple[WireOption, ...]:
+        """The formats the planner may choose from for this device (none: it keeps its own)."""
+        s = self.settings
+        if not self._choosing_formats or device_id in s.wire_dtypes:
+            return ()
+        record = self.devices[device_id]
+        return wire_options(
+            configured=s.wire_dtype,
+            candidates=s.wire_formats,
+            supported=record.hello.wire_dtypes,
+            blocks=self.run.planner.blocks,
+            accuracy=self._wire_accuracy,
+            bound_points=s.wire_accuracy_bound,
+            edge_codec_s_per_mb=self._edge_codec,
+            device_codec_s_per_mb=record.compute.codec_s_per_mb if record.compute else None,
+        )
+
+    def _weight_wire(self, device_id: str) -> WeightWire:
+        return usable_weight_wire(
+            self.settings.weight_wire, self.devices[device_id].hello.weight_wires
+        )
+
     def _batches(self, samples: int) -> int:
         return self.settings.batches_per_round or math.ceil(samples / self.settings.batch_size)
 
@@ -386,5 +529,6 @@ class RoundDriver:
             batch_size=s.batch_size,
             batches=batches,
             batch_timeout_s=max(s.batch_timeout_s, s.deadline_slack * predicted_batch_s),
-            wire_dtype=self._wire_dtype(device_id),
+            wire_dtype=entry.wire_dtype or self._wire_dtype(device_id),
+            weight_wire=self._weight_wire(device_id),
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Protocol, TypeVar
 
 from edge_service.liveness import Liveness
@@ -29,11 +31,12 @@ from schemas import (
     SchemaError,
     Telemetry,
     Topics,
-    WeightsMeta,
+    WeightsResync,
     Welcome,
     decode_frame,
     parse_json,
     parse_meta,
+    parse_weights_traffic,
 )
 from schemas.messages import RoundTraffic
 from transport import Link, Message
@@ -50,6 +53,10 @@ class Rounds(Protocol):
 
     @property
     def round_no(self) -> int: ...
+
+    def resync_weights(self, device_id: str, request: WeightsResync) -> None:
+        """The device asks for its round start's weights in full."""
+        ...
 
 
 class Inbox:
@@ -112,12 +119,19 @@ class Inbox:
                 _check_sender(device_id, telemetry.device_id)
                 self.devices.take_telemetry(device_id, telemetry)
             elif channel is DeviceChannel.ACT:
-                runner, act, frame = self._round_traffic(device_id, message, ActivationMeta)
+                parse_act = partial(parse_meta, ActivationMeta)
+                runner, act, frame = self._round_traffic(device_id, message, parse_act)
                 if runner is not None:
                     runner.deliver_activation(device_id, act, frame)
             elif channel is DeviceChannel.WEIGHTS:
-                runner, weights, frame = self._round_traffic(device_id, message, WeightsMeta)
-                if runner is not None:
+                runner, weights, frame = self._round_traffic(
+                    device_id, message, parse_weights_traffic
+                )
+                if runner is None:
+                    pass
+                elif isinstance(weights, WeightsResync):
+                    self.rounds.resync_weights(device_id, weights)
+                else:
                     runner.deliver_weights(device_id, weights, frame)
         except (SchemaError, CodecError) as exc:
             raise Rejected(exc.reason, exc.detail) from None
@@ -142,12 +156,12 @@ class Inbox:
         self.reject(device_id, DeviceChannel.ACT, exc, seq)
 
     def _round_traffic(
-        self, device_id: str, message: Message, meta_model: type[T]
+        self, device_id: str, message: Message, parse: Callable[[object], T]
     ) -> tuple[RoundRunner | None, T, Frame]:
         """Decode a device's frame for a round; the runner is None if that round is closed."""
         self.devices.registered(device_id)
         frame = decode_frame(message.payload, max_bytes=self.max_payload_bytes)
-        meta = parse_meta(meta_model, frame.meta)
+        meta = parse(frame.meta)
         _check_sender(device_id, meta.device_id)
         runner = self.rounds.current
         if runner is None or runner.round_no != meta.round:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from planner import DeviceProfile, ModelProfile, ServerProfile, cost_table
+from planner import DeviceProfile, ModelProfile, ServerProfile, WireOption, cost_table, wire_tables
 from planner.policies import POLICIES, PolicyInputs
 from schemas import ComputeProfile, DevicePlanEntry, PowerFigures
 from splitnn.profiling import BlockProfile
 
 if TYPE_CHECKING:
     from edge_service.settings import EdgeSettings
+    from schemas.messages import WireDtype
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,19 @@ class DeviceReadings:
     link_source: str = "declared"  # measured, measured (stale) or declared
     wire_itemsize: float = 4  # bytes per activation element on this device's wire (int4: 0.5)
     allowed_cuts: tuple[int, ...] | None = None
+    # The formats the ares policy may choose from for this device, its configured one first
+    # (edge_service.wire_options; empty: it keeps its configured format).
+    wire_options: tuple[WireOption, ...] = ()
+    # Bytes of its part's weights on its weight wire per float32 byte (int8 deltas: 0.25).
+    weight_scale: float = 1.0
+    # What the cost model misses, learned from the rounds (edge_service.overhead); None: not
+    # measured, priced as zero. Per split batch: Theta, and device compute beyond its blocks.
+    exchange_s: float | None = None
+    split_compute_s: float | None = None
+    round_overhead_s: float | None = None  # a round's fixed cost, at every cut
+    overhead_source: str = "assumed"  # measured, from other devices, or assumed
+    # The edge's service time over its profiled compute, serving this round's devices at once.
+    queue_factor: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,11 @@ class SplitPlanner:
         )
         self._previous: dict[str, int] = {}
 
+    @property
+    def chooses_formats(self) -> bool:
+        """Whether the policy chooses wire formats with the cuts (readings' wire_options)."""
+        return bool(getattr(self._policy, "chooses_formats", False))
+
     def resume(self, previous_splits: Mapping[str, int]) -> None:
         """Carry on from a checkpoint: the last plan, for hysteresis (and a static plan)."""
         self._previous = dict(previous_splits)
@@ -119,11 +138,15 @@ class SplitPlanner:
         if not devices:
             raise ValueError("cannot plan a round without devices")
         profiles, sources = zip(*(self._profile(d, r) for d, r in devices.items()), strict=True)
-        table = cost_table(
-            profiles,
-            ServerProfile(self.server.forward_s, self.server.backward_s),
-            self.model,
+        # The edge's blocks as it serves them with these devices at once: its own times measured
+        # alone, times the queueing it measured (readings' queue_factor, the same for all).
+        queue = max((r.queue_factor or 1.0 for r in devices.values()), default=1.0)
+        server = ServerProfile(
+            tuple(queue * t for t in self.server.forward_s),
+            tuple(queue * t for t in self.server.backward_s),
         )
+        table = cost_table(profiles, server, self.model)
+        options = {d: r.wire_options for d, r in devices.items() if r.wire_options}
         plan = self._policy.decide(
             PolicyInputs(
                 table=table,
@@ -132,6 +155,7 @@ class SplitPlanner:
                 fixed_cut=self.fixed_split,
                 fixed_cuts=self.fixed_splits,
                 sync_weights=self.model.sync_weights,
+                wire=wire_tables(profiles, server, self.model, options) if options else None,
             )
         )
         entries = {
@@ -141,6 +165,7 @@ class SplitPlanner:
                 predicted_energy_j=a.energy_j,
                 reason=a.reason,
                 inputs=source,
+                wire_dtype=cast("WireDtype | None", plan.formats.get(a.device_id)),
             )
             for a, source in zip(plan.assignments, sources, strict=True)
             if a.cut is not None
@@ -164,7 +189,8 @@ class SplitPlanner:
             and len(compute.backward_s) == self.blocks
         ):
             # Block times grow about linearly with the batch: rescale to the planned batch. A
-            # device's timings already follow how fast it ran its last round (device_agent.drift).
+            # device's timings follow how fast it ran its last whole-model round (drift; what a
+            # split batch costs beyond them is split_compute_s, below).
             scale = self.server.batch_size / compute.batch_size
             forward = tuple(t * scale for t in compute.forward_s)
             backward = tuple(t * scale for t in compute.backward_s)
@@ -177,6 +203,21 @@ class SplitPlanner:
         uplink = readings.uplink_bps or self.defaults.link_bps
         downlink = readings.downlink_bps or uplink
         sources.append(f"link {readings.link_source}" if readings.uplink_bps else "link assumed")
+        # What the cost model misses (edge_service.overhead), and whether it was measured.
+        if readings.exchange_s is None:
+            sources.append("Theta assumed 0")
+        else:
+            sources.append(
+                f"Theta {readings.exchange_s * 1e3:.1f} ms + split compute "
+                f"{(readings.split_compute_s or 0.0) * 1e3:.1f} ms per batch "
+                f"{readings.overhead_source}"
+            )
+        if readings.round_overhead_s is not None:
+            sources.append(f"round overhead {readings.round_overhead_s * 1e3:.0f} ms measured")
+        queue = readings.queue_factor
+        sources.append("edge queueing assumed none" if queue is None else
+                       f"edge queueing x{queue:.2f} measured")  # fmt: skip
+        batches = -(-readings.samples // self.model.batch_size)  # the cost model's, rounded up
         profile = DeviceProfile(
             device_id=device_id,
             forward_s=forward,
@@ -188,7 +229,11 @@ class SplitPlanner:
             memory_bytes=readings.memory_bytes,
             allowed_cuts=frozenset(readings.allowed_cuts) if readings.allowed_cuts else None,
             battery_fraction=None if readings.battery_pct is None else readings.battery_pct / 100,
-            # The model profile counts float32 activations; the weights stay float32 on any wire.
+            # The model profile counts float32 activations and weights.
             wire_scale=readings.wire_itemsize / 4,
+            weight_scale=readings.weight_scale,
+            overhead_s=(readings.round_overhead_s or 0.0) / batches,
+            exchange_s=readings.exchange_s or 0.0,
+            split_compute_s=readings.split_compute_s or 0.0,
         )
         return profile, ", ".join(sources)

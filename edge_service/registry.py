@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from edge_service.planning import DeviceReadings
 from edge_service.rejections import Rejected
@@ -44,6 +44,15 @@ class DeviceRecord:
     telemetry: Telemetry | None = None
     telemetry_at: float = 0.0  # time.monotonic() of the last telemetry
     compute: ComputeProfile | None = None  # the latest block timings the device measured
+    # Its latest timings that follow a whole-model round (or its profile): what the planner
+    # prices its blocks with. A split round's timings carry what a split batch costs beyond its
+    # blocks into every block (one factor for the whole profile): a factor of 6 measured at cut
+    # 1 of the demo priced federated learning 6 times too slow. The edge learns that extra cost
+    # on its own (edge_service.overhead: split_compute_s).
+    plain_compute: ComputeProfile | None = None
+    # The rounds it was started at a cut below the last (the latest few), and the latest round.
+    split_rounds: set[int] = field(default_factory=set)
+    started_round: int = 0
     # The last good link estimate: a later telemetry without one does not erase it.
     measured_link: tuple[float, float | None] | None = None
     reported_round: int = 0  # the last round whose end-of-round telemetry arrived
@@ -62,10 +71,26 @@ class DeviceRecord:
         self.telemetry, self.telemetry_at = telemetry, time.monotonic()
         if telemetry.compute is not None:
             self.compute = telemetry.compute
+            if self._plain_timings(telemetry.round):
+                self.plain_compute = telemetry.compute
         if telemetry.uplink_bps is not None:
             self.measured_link = (telemetry.uplink_bps, telemetry.downlink_bps)
         if telemetry.round is not None:
             self.reported_round = max(self.reported_round, telemetry.round)
+
+    def started(self, round_no: int, split: bool) -> None:
+        """It was sent round ``round_no``'s start, at a split cut or not."""
+        self.started_round = max(self.started_round, round_no)
+        if split:
+            self.split_rounds.add(round_no)
+        self.split_rounds = {r for r in self.split_rounds if r >= self.started_round - 3}
+
+    def _plain_timings(self, round_no: int | None) -> bool:
+        """Whether timings sent after round ``round_no`` (None: a periodic telemetry, whose
+        timings follow the round in flight or the one before) come from a whole-model round."""
+        if round_no is not None:
+            return round_no not in self.split_rounds
+        return not {self.started_round, self.started_round - 1} & self.split_rounds
 
 
 class DeviceRegistry(Mapping[str, DeviceRecord]):
@@ -155,7 +180,7 @@ class DeviceRegistry(Mapping[str, DeviceRecord]):
         live, link = record.telemetry, self.link(device_id)
         return DeviceReadings(
             samples=samples,
-            compute=record.compute,
+            compute=record.plain_compute or record.compute,
             power=record.hello.power,
             memory_bytes=record.hello.memory_bytes,
             battery_pct=live.battery_pct if live else None,

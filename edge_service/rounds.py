@@ -22,6 +22,7 @@ import torch
 from edge_service.fanout import gather_bounded
 from edge_service.rejections import Counters, Rejected
 from edge_service.server_session import ServerSession
+from edge_service.weight_sync import StartWeights, received_weights, wire_data_bytes
 from schemas import (
     PROTOCOL_VERSION,
     ActivationMeta,
@@ -33,7 +34,7 @@ from schemas import (
 )
 from splitnn.models import ModelSpec, cut_shapes, num_blocks
 from splitnn.partition import merge_states, split_state
-from splitnn.tensors import arrays_to_state
+from splitnn.tensors import arrays_to_state, state_to_arrays
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class DeviceResult:
     samples: int = 0
     busy_s: float = 0.0
     server_s: float = 0.0
+    service_s: float = 0.0  # the edge's receipt to reply for its batches: server_s and queueing
     train_loss: float | None = None
     rtt_median_s: float | None = None
     uplink_s: float = 0.0
@@ -85,6 +87,10 @@ class DeviceResult:
     round_s: float | None = None
     state: dict[str, torch.Tensor] | None = None  # full model state after the round, if counted
     detail: str = ""
+    # Data bytes of the device part's weights sent down with its round start (re-sends
+    # included) and up with its part (None: not known, or no part came).
+    weights_down_bytes: int | None = None
+    weights_up_bytes: int | None = None
 
     @property
     def contributed(self) -> bool:
@@ -110,6 +116,7 @@ class DeviceRound:
     closing: bool = False  # the deadline passed; a partial upload is still welcome
     started: float | None = None  # perf_counter() when its round start was sent
     start: RoundStart | None = None  # that round start (re-sent after a broker restart)
+    weights: StartWeights | None = None  # its weights as they travel (None: whole, as held)
 
 
 Parts = dict[str, tuple[dict[str, torch.Tensor], ServerSession | None]]
@@ -210,7 +217,9 @@ class RoundRunner:
         device = self._running(device_id)
         if meta.cut != device.cut:
             raise Rejected("bad_cut", f"weights for cut {meta.cut}, expected {device.cut}")
-        received = frame.tensors
+        # Deltas added to the round's start as the device holds it: fresh arrays.
+        start = device.weights.held if device.weights else state_to_arrays(device.device_state)
+        received = received_weights(meta, frame, start)
         if set(received) != set(device.device_state):
             missing = sorted(set(device.device_state) - set(received))[:3]
             extra = sorted(set(received) - set(device.device_state))[:3]
@@ -242,10 +251,11 @@ class RoundRunner:
             downlink_s=meta.downlink_s,
             behind_s=meta.behind_s,
             round_s=None if device.started is None else time.perf_counter() - device.started,
+            weights_down_bytes=device.weights.sent_bytes if device.weights else None,
+            weights_up_bytes=wire_data_bytes(frame),
         )
         counted = status != "late"
-        # Copy out of the payload: the state outlives the message.
-        state = {k: v.clone() for k, v in arrays_to_state(received).items()} if counted else {}
+        state = arrays_to_state(received) if counted else {}  # fresh arrays: no copy needed
         if device.session is None:
             result.batches, result.samples, result.train_loss = (
                 meta.batches,
@@ -259,7 +269,7 @@ class RoundRunner:
                 # The edge's own count is the truth about which steps were applied.
                 self.ctx.counters.add("batch_count_mismatch")
             result.batches, result.samples = stats.batches, stats.samples
-            result.server_s = stats.server_s
+            result.server_s, result.service_s = stats.server_s, stats.service_s
             result.train_loss = stats.loss_sum / stats.samples if stats.samples else None
             if counted:
                 result.state = merge_states(self.ctx.spec, state, device.session.state())
@@ -284,6 +294,8 @@ class RoundRunner:
         if device.result.done():
             return
         result = DeviceResult(device.device_id, device.cut, status, detail=detail)
+        if device.weights is not None:
+            result.weights_down_bytes = device.weights.sent_bytes
         if device.session is not None:
             stats = device.session.stats
             result.batches, result.samples, result.server_s = (

@@ -28,6 +28,7 @@ from edge_service.planning import PlanDefaults, RoundPlan, SplitPlanner
 from edge_service.rejections import Counters
 from edge_service.report import RunReport
 from edge_service.settings import EdgeSettings
+from edge_service.wire_calibration import WireAccuracy, calibrate_wire_formats
 from schemas import ModelInfo
 from splitnn.data import ArrayDataset
 from splitnn.datasets import load_dataset, load_local
@@ -147,6 +148,22 @@ class RunState:
             self.test_data,
             batch_size=self.settings.eval_batch_size,
             device=self.torch_device,
+        )
+
+    def calibrate_wire(
+        self, state: dict[str, torch.Tensor] | None = None, round_no: int | None = None
+    ) -> WireAccuracy:
+        """The lossy wire formats' accuracy cost at every cut for a full-model state (default:
+        the global model) on the held-out data; slow, like :meth:`evaluate`."""
+        return calibrate_wire_formats(
+            self.spec,
+            self.global_state if state is None else state,
+            self.test_data,
+            formats=[f for f in self.settings.wire_formats if f != "float32"],
+            samples=self.settings.wire_calibration_samples,
+            batch_size=self.settings.batch_size,  # the wire quantises one batch at a time
+            device=self.torch_device,
+            round_no=round_no,
         )
 
     def persist(

@@ -45,6 +45,8 @@ class SessionStats:
     server_s: float = 0.0
     loss_sum: float = 0.0  # summed over samples
     correct: int = 0
+    # Receipt to reply, summed: server_s plus the waits for a compute thread (the queueing).
+    service_s: float = 0.0
 
 
 class ServerSession:
@@ -141,12 +143,14 @@ class ServerSession:
         self.stats.server_s += elapsed
         self.stats.loss_sum += loss_value * batch
         self.stats.correct += correct
+        service = time.perf_counter() - received
+        self.stats.service_s += service
         meta = GradientMeta(
             round=self.round_no,
             seq=seq,
             loss=loss_value,
             correct=correct,
-            server_s=time.perf_counter() - received,
+            server_s=service,
         )
         return encode_frame(
             to_meta(meta, self.protocol), {"grad": grad}, max_bytes=self.max_frame_bytes

@@ -9,8 +9,9 @@ from pydantic import AfterValidator, Field, field_validator
 
 from planner.policies import POLICIES
 from schemas.config_file import ServiceSettings
-from schemas.messages import WireDtype
+from schemas.messages import WIRE_DTYPES, WireDtype
 from schemas.topics import validate_device_id
+from schemas.weight_delta import WeightWire
 from transport import MqttSettings
 
 
@@ -61,10 +62,27 @@ class EdgeSettings(ServiceSettings):
     # it does (schemas.usable_wire_dtype).
     wire_dtype: WireDtype = "float32"
     wire_dtypes: dict[str, WireDtype] = Field(default_factory=dict)
+    # The formats the ares policy may choose per device with its cut (planner.wire_choice),
+    # wire_dtype first; a lossy one only at the cuts where its accuracy cost, measured on the
+    # held-out data (edge_service.wire_calibration), is within
+    # wire_accuracy_bound points. Empty (or wire_dtype alone): no choice. Devices named in
+    # wire_dtypes, and every other policy, keep their configured format.
+    wire_formats: list[WireDtype] = Field(default_factory=lambda: list(WIRE_DTYPES))
+    wire_accuracy_bound: float = Field(default=1.0, ge=0, le=100)
+    wire_calibration_samples: int = Field(default=512, ge=1)
+    # Measured before round 1, then again behind a round once the rounds since took long enough
+    # that measuring costs at most this share of the edge's time (it runs on the compute
+    # threads, beside the batches: about 3 s for VGG5, 0.15 s for the demo's model).
+    wire_calibration_share: float = Field(default=0.1, gt=0, le=1)
     # Error feedback on quantised gradients: each device's quantisation error of one batch's
     # gradient is added to the next before it is quantised (edge_service.error_feedback). Off:
     # on digits neither int8 nor int4 lost accuracy without it (docs/benchmarks.md).
     grad_error_feedback: bool = False
+    # The device part's weights, down with each round start and up with each part: float32,
+    # or quantised deltas against the round start both sides hold (schemas.weight_delta),
+    # int8-delta (about a quarter of the bytes) or int4-delta (an eighth). A device whose hello
+    # does not list it gets the narrowest wider one it does (float32 at worst).
+    weight_wire: WeightWire = "int8-delta"
 
     # Every network wait is bounded.
     # Straggler handling: a round's deadline is deadline_slack x the plan's predicted round time,

@@ -103,6 +103,7 @@ class PolicyMetrics:
     stragglers: int  # device-rounds closed at the deadline (straggler or late)
     dropped: int  # device-rounds that left early (dropped or aborted)
     splits: str  # the cuts used, e.g. "7", "3" or "1-5 (varies)"
+    formats: str = "-"  # the wire formats used, e.g. "float32" or "int4 4, float32 1"
 
     @property
     def energy_total_j(self) -> float:
@@ -172,7 +173,21 @@ def policy_metrics(run: RunData, target: float, wall_s: float | None = None) -> 
         stragglers=statuses.count("straggler") + statuses.count("late"),
         dropped=statuses.count("dropped") + statuses.count("aborted"),
         splits=_splits(run),
+        formats=_formats(run),
     )
+
+
+def _formats(run: RunData) -> str:
+    """The wire formats a run's split batches used, by device-rounds: "int8" or "int4 20,
+    float32 4" (rounds the edge served no batch of, as at cut L, do not count; "-": none)."""
+    counts: dict[str, int] = {}
+    for entry in run.report.rounds:
+        for device in entry.devices.values():
+            if device.server_s > 0 and device.wire_dtype:
+                counts[device.wire_dtype] = counts.get(device.wire_dtype, 0) + 1
+    if len(counts) <= 1:
+        return next(iter(counts), "-")
+    return ", ".join(f"{f} {n}" for f, n in sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def _splits(run: RunData) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from schemas import wire_itemsize
+from schemas.weight_delta import weight_scale
 from testbed.scenario import Scenario, ScheduleSpec, samples_per_round
 from testbed.schedule import parse_schedule
 
@@ -134,6 +135,8 @@ def scenario_plan_inputs(
     info = ModelInfo(name=spec.name, input_shape=spec.input_shape, num_classes=spec.num_classes)
     emulations: dict[str, Emulation] = {}  # per board
     readings = {}
+    # The runs' edge sends the weights on its default weight wire (scenarios do not set it).
+    weights = weight_scale(EdgeSettings(checkpoint=None).weight_wire)
     for device in scenario.devices:
         emulation = emulations.get(device.profile)
         if emulation is None:
@@ -162,6 +165,7 @@ def scenario_plan_inputs(
             downlink_bps=_initial_bps(downlink, scenario.time_scale),
             link_source="scenario",
             wire_itemsize=wire_itemsize(scenario.wire_dtype),
+            weight_scale=weights,
         )
     return ScenarioPlanInputs(
         model=spec.name,

@@ -30,14 +30,16 @@ def final_table(summary: Mapping[str, Any]) -> str:
     policies: Mapping[str, Mapping[str, Any]] = summary["policies"]
     width = max(8, *(len(n) for n in policies))
     header = (
-        f"{'policy':<{width}} {'cuts':>14} {'accuracy':>9} {'train s':>9} {'to target s':>12} "
+        f"{'policy':<{width}} {'cuts':>14} {'wire':>16} {'accuracy':>9} {'train s':>9} "
+        f"{'to target s':>12} "
         f"{'energy J':>10} {'objective':>10}"
     )
     lines = [header, "-" * len(header)]
     for name, p in policies.items():
         mark = "  <- best" if name == summary["best_objective"] else ""
         lines.append(
-            f"{name:<{width}} {p['splits']:>14} {p['final_accuracy']:>9.4f} "
+            f"{name:<{width}} {p['splits']:>14} {p.get('formats', '-'):>16} "
+            f"{p['final_accuracy']:>9.4f} "
             f"{num(p['train_time_s']):>9} {_seconds(p['time_to_target_s']):>12} "
             f"{num(p['energy_total_j']):>10} {p['objective']:>10.3f}{mark}"
         )
@@ -117,16 +119,19 @@ def _results_table(
     baselines = [
         name for name in ("fl", _sl_name(summary)) if name is not None and name in policies
     ]
-    header = "| policy | cuts | final accuracy | training time s | wall s | time to target s "
+    header = (
+        "| policy | cuts | wire | final accuracy | training time s | wall s | time to target s "
+    )
     header += "| device energy J | objective |"
     for name in baselines:
         header += f" time vs {name} | energy vs {name} |"
-    lines = ["## Results", "", header, "| --- | --- |" + " ---: |" * (6 + 2 * len(baselines))]
+    lines = ["## Results", "", header, "| --- | --- | --- |" + " ---: |" * (6 + 2 * len(baselines))]
     for name, p in policies.items():
         best = " **(best)**" if name == summary["best_objective"] else ""
         wall = "-" if p["wall_s"] is None else num(p["wall_s"])
         row = (
-            f"| {name}{best} | {p['splits']} | {p['final_accuracy']:.4f} | "
+            f"| {name}{best} | {p['splits']} | {p.get('formats', '-')} | "
+            f"{p['final_accuracy']:.4f} | "
             f"{num(p['train_time_s'])} | {wall} | {_seconds(p['time_to_target_s'])} | "
             f"{num(p['energy_total_j'])} | {p['objective']:.3f} |"
         )

@@ -21,6 +21,7 @@ from planner.plan import Assignment, Plan, plan_for_cuts
 from planner.profiles import DeviceProfile, ModelProfile, ServerProfile, per_block_from_cumulative
 from planner.solver import brute_force, solve
 from planner.stability import stabilise
+from planner.wire_choice import WireOption, WireTables, solve_with_formats, wire_tables
 
 __all__ = [
     "DEFAULT_BATTERY_FLOOR",
@@ -35,6 +36,8 @@ __all__ = [
     "Plan",
     "PlanningError",
     "ServerProfile",
+    "WireOption",
+    "WireTables",
     "batches_per_round",
     "brute_force",
     "build_objective",
@@ -44,5 +47,7 @@ __all__ = [
     "per_block_from_cumulative",
     "plan_for_cuts",
     "solve",
+    "solve_with_formats",
     "stabilise",
+    "wire_tables",
 ]

@@ -11,7 +11,15 @@ For device phi at cut s (device runs blocks [0, s), edge server runs [s, L)):
     V_s  = (activation bytes at cut s + label bytes) * 8 bits, V'_s = gradient bytes at cut s * 8;
            both are 0 at s == L (federated learning: nothing crosses the link, and C_L = 0);
            activation and gradient bytes scaled by the device's ``wire_scale`` (0.5: float16)
-    B, B' = uplink and downlink throughput in bit/s;  Theta = per-batch overhead (paid at every cut)
+    B, B' = uplink and downlink throughput in bit/s
+    Theta = ``exchange_s``: per-batch overhead of the exchange with the edge (the round trip beyond
+           the transfers and the edge's service: broker hops, framing, scheduling), paid only at
+           s < L and at receive power, as the device accounts that wait; a split batch's extra
+           device compute ``split_compute_s`` adds to D_s at s < L. Both are learned by the edge
+           (``edge_service.overhead``); ``overhead_s`` is paid at every cut (the edge's measured
+           fixed cost of a round, per batch), without energy
+    a format's encode and decode time, per float32 byte of V_s and V'_s, adds to D_s (the device's
+    share, which also costs compute energy) and to C_s (the edge's share): ``codec_s_per_byte``
     W/xi = batches per round = ceil(W / batch_size)
 
 Beyond the paper (``ModelProfile.sync_weights``): each round the device part's weights go down
@@ -19,8 +27,10 @@ with the round start and come back at its end, so
 
     Delta_s(phi) += S_s / B'(phi) + S_s / B(phi)      E_s(phi) += P_r * S_s / B' + P_t * S_s / B
 
-with S_s = 8 * sum of param_bytes[0:s], once per round. On slow links this is what makes
-federated learning expensive (VGG5: 2.3 MB each way), and leaving it out mispredicts every cut.
+with S_s = 8 * sum of param_bytes[0:s] * weight_scale, once per round (``weight_scale``: the
+device's weight wire, 0.25 for int8 deltas against the round start). On slow links this is what
+makes federated learning expensive (VGG5: 2.3 MB each way in float32), and leaving it out
+mispredicts every cut.
 
 Why ceil: a device with W samples trains ``ceil(W / xi)`` batches per round; the last, partial batch
 still pays the per-batch overheads, the messages and most of the compute on these small devices, so
@@ -235,13 +245,21 @@ def cost_table(
         down_bits = gradient_bits * device.wire_scale * batch_traffic
         up_s = up_bits / device.uplink_bps
         down_s = down_bits / device.downlink_bps
+        crossing = (activation_bits + gradient_bits) / 8.0 * batch_traffic
+        device_codec = crossing * device.codec_s_per_byte
+        edge_codec = crossing * device.edge_codec_s_per_byte
         batches = batches_per_round(device.samples, model.batch_size)
-        time = batches * (device_before + server_after + up_s + down_s + device.overhead_s)
+        device_s = device_before + device_codec + device.split_compute_s * batch_traffic
+        # Theta: a split batch's round trip beyond its transfers and the edge's service, spent
+        # waiting for the gradient, which the device accounts as receiving.
+        receive_s = down_s + device.exchange_s * batch_traffic
+        time = batches * (device_s + server_after + edge_codec + up_s + receive_s)
+        time = time + batches * device.overhead_s
         power = device.power
-        energy = batches * device_energy_j(power, device_before, up_s, down_s)
+        energy = batches * device_energy_j(power, device_s, up_s, receive_s)
         if model.sync_weights:
-            sync_up_s = sync_bits / device.uplink_bps
-            sync_down_s = sync_bits / device.downlink_bps
+            sync_up_s = sync_bits * device.weight_scale / device.uplink_bps
+            sync_down_s = sync_bits * device.weight_scale / device.downlink_bps
             time = time + sync_up_s + sync_down_s
             energy = energy + device_energy_j(power, 0.0, sync_up_s, sync_down_s)
         feasible = np.ones(L, dtype=bool)

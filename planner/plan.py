@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,6 +40,8 @@ class Plan:
     ``total_energy_j`` the devices' total energy in joules (unweighted). ``alpha``,
     ``normalisation``, ``battery_floor`` and ``low_battery`` record the objective the plan was
     made for, so that :func:`planner.stabilise` can weigh changes on the same scale.
+    ``formats``: the wire format chosen for each participating device, where the planner chose
+    formats too (:mod:`planner.wire_choice`); empty: each device keeps its configured one.
     """
 
     assignments: tuple[Assignment, ...]
@@ -50,6 +52,7 @@ class Plan:
     normalisation: Normalisation
     battery_floor: float
     low_battery: LowBatteryPolicy
+    formats: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def cuts(self) -> Mapping[str, int]:

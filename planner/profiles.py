@@ -58,10 +58,22 @@ class DeviceProfile:
     ``battery_fraction``: charge left in ``[0, 1]`` (None: mains powered).
     ``samples``: training samples on the device per round (W).
     ``uplink_bps`` / ``downlink_bps``: link throughput B and B' in bits per second.
-    ``overhead_s``: other per-batch overhead Theta in seconds.
+    ``overhead_s``: other per-batch overhead in seconds, paid at every cut (the edge prices its
+    measured fixed cost of a round with it, spread over the round's batches).
+    ``exchange_s``: Theta, the per-batch round trip beyond the priced transfers and the edge's
+    service, paid only at cuts below ``L`` (a cut at ``L`` exchanges nothing per batch). The
+    device waits it out receiving, so it costs receive power.
+    ``split_compute_s``: device compute a split batch costs beyond its blocks' times (running the
+    two halves as separate steps, encoding, a shared CPU's contention), only at cuts below ``L``;
+    it costs compute power.
     ``wire_scale``: bytes of activations and gradients on this device's wire per byte of the
-    model profile's (float32) counts: 0.5 for float16, 0.25 for int8, 0.125 for int4. Labels and
-    weights travel unchanged.
+    model profile's (float32) counts: 0.5 for float16, 0.25 for int8, 0.125 for int4. Labels
+    travel unchanged.
+    ``weight_scale``: bytes of the device part's weights on this device's weight wire per byte
+    of float32 weights (``sync_weights``): 0.25 for int8 deltas, 0.125 for int4 deltas.
+    ``codec_s_per_byte`` / ``edge_codec_s_per_byte``: seconds the device / the edge spend encoding
+    and decoding this wire format, per byte of the float32 activations and gradients that cross
+    (0 for float32, which travels as it is). The device's share costs compute energy.
     """
 
     device_id: str
@@ -76,6 +88,11 @@ class DeviceProfile:
     battery_fraction: float | None = None
     overhead_s: float = 0.0
     wire_scale: float = 1.0
+    codec_s_per_byte: float = 0.0
+    edge_codec_s_per_byte: float = 0.0
+    weight_scale: float = 1.0
+    exchange_s: float = 0.0
+    split_compute_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.device_id, str) or not self.device_id:
@@ -93,8 +110,15 @@ class DeviceProfile:
         object.__setattr__(self, "backward_s", backward)
         if not isinstance(self.power, PowerFigures):  # validated (finite, >= 0) when built
             raise PlanningError("power", f"must be a PowerFigures, got {self.power!r}")
-        _check_scalar("overhead_s", self.overhead_s, positive=False)
-        for name in ("uplink_bps", "downlink_bps", "wire_scale"):
+        for name in (
+            "overhead_s",
+            "codec_s_per_byte",
+            "edge_codec_s_per_byte",
+            "exchange_s",
+            "split_compute_s",
+        ):
+            _check_scalar(name, getattr(self, name), positive=False)
+        for name in ("uplink_bps", "downlink_bps", "wire_scale", "weight_scale"):
             _check_scalar(name, getattr(self, name), positive=True)
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise PlanningError("samples", f"must be a positive integer, got {self.samples!r}")

@@ -33,12 +33,14 @@ from schemas.messages import (
     Telemetry,
     TrainConfig,
     WeightsMeta,
+    WeightsResync,
     Welcome,
     WireDtype,
     WireModel,
     parse_ctrl,
     parse_json,
     parse_meta,
+    parse_weights_traffic,
     to_json,
     to_meta,
     usable_wire_dtype,
@@ -46,6 +48,7 @@ from schemas.messages import (
 )
 from schemas.quantization import QuantizedTensor, WireTensor, from_wire, to_wire, wire_format
 from schemas.topics import DEFAULT_PREFIX, DeviceChannel, Topics, validate_device_id
+from schemas.weight_delta import WeightWire
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -79,7 +82,9 @@ __all__ = [
     "Telemetry",
     "Topics",
     "TrainConfig",
+    "WeightWire",
     "WeightsMeta",
+    "WeightsResync",
     "Welcome",
     "WireDtype",
     "WireModel",
@@ -90,6 +95,7 @@ __all__ = [
     "parse_ctrl",
     "parse_json",
     "parse_meta",
+    "parse_weights_traffic",
     "to_json",
     "to_meta",
     "to_wire",

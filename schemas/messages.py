@@ -15,13 +15,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
 
 from schemas.errors import AresError
 from schemas.quantization import bits_per_element
 from schemas.topics import validate_device_id
+from schemas.weight_delta import LEGACY_WEIGHT_WIRES, WeightWire
 
 ProtocolVersion = Literal[1, 2]
 PROTOCOL_VERSION: Literal[2] = 2
@@ -77,6 +87,23 @@ class WireModel(BaseModel):
     v: ProtocolVersion = PROTOCOL_VERSION
 
 
+class WithLaterFields(WireModel):
+    """A message with fields added after its protocol version was out (``LATER_FIELDS``):
+    each is left out while it holds its default, so a peer from before it, which refuses
+    unknown fields, still reads every such message that does not need it."""
+
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_later_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self.LATER_FIELDS:
+                if getattr(self, name) == type(self).model_fields[name].default:
+                    data.pop(name, None)
+        return data
+
+
 # --- device -> edge (JSON) -------------------------------------------------------------------
 
 Watts = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -99,6 +126,9 @@ class ComputeProfile(WireModel):
     batch_size: Annotated[int, Field(ge=1)]
     forward_s: tuple[Seconds, ...]
     backward_s: tuple[Seconds, ...]
+    # Per wire format, the device's encode + decode seconds per MB of float32 tensor (what the
+    # planner prices a format's codec at; None: the device did not measure it).
+    codec_s_per_mb: dict[WireDtype, Seconds] | None = None
 
 
 class Hello(WireModel):
@@ -118,6 +148,9 @@ class Hello(WireModel):
     # The wire formats this agent can send and read. Absent: an agent from before the
     # quantised formats, never asked for one.
     wire_dtypes: tuple[WireDtype, ...] = LEGACY_WIRE_DTYPES
+    # The weight wires (schemas.weight_delta) it can read and send. Absent: an agent from
+    # before the deltas, always sent full float32 weights.
+    weight_wires: tuple[WeightWire, ...] = LEGACY_WEIGHT_WIRES
     # Declared resources; None where the owner did not say (the planner then assumes defaults).
     power: PowerFigures | None = None
     memory_bytes: Annotated[int, Field(ge=0)] | None = None
@@ -197,6 +230,8 @@ class DevicePlanEntry(WireModel):
     predicted_energy_j: float
     reason: str  # why this cut (and why it changed or stayed)
     inputs: str  # where the readings came from: measured, declared or assumed
+    # The wire format the planner chose with the cut (None: the device's configured one).
+    wire_dtype: WireDtype | None = None
 
 
 class PlanMessage(WireModel):
@@ -227,7 +262,9 @@ class ModelInfo(WireModel):
     labels: tuple[str, ...] | None = None  # the class names, in label order, where known
 
 
-class TrainConfig(WireModel):
+class TrainConfig(WithLaterFields):
+    LATER_FIELDS = ("weight_wire",)
+
     lr: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
@@ -235,6 +272,8 @@ class TrainConfig(WireModel):
     batches: Annotated[int, Field(ge=1)]
     batch_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     wire_dtype: WireDtype = "float32"
+    # How the device uploads its part (schemas.weight_delta): deltas against the round's start.
+    weight_wire: WeightWire = "float32"
 
 
 class Welcome(WireModel):
@@ -247,8 +286,14 @@ class Welcome(WireModel):
     batch_size: Annotated[int, Field(ge=1)]
 
 
-class RoundStart(WireModel):
-    """Starts a round; the frame's tensors are the device part's weights for ``cut``."""
+class RoundStart(WithLaterFields):
+    """Starts a round; the frame's tensors are the device part's weights for ``cut``.
+
+    With ``weights_base``, its quantised tensors are deltas against the start of that round
+    that the device holds (it uploaded its part of it in this session): schemas.weight_delta.
+    A device that does not hold it answers with a ``WeightsResync`` and gets them in full."""
+
+    LATER_FIELDS = ("weights_base",)
 
     kind: Literal["round_start"] = "round_start"
     session: str
@@ -257,6 +302,7 @@ class RoundStart(WireModel):
     model: ModelInfo
     train: TrainConfig
     deadline_s: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    weights_base: RoundNo | None = None
 
 
 class RoundAbort(WireModel):
@@ -326,8 +372,11 @@ class GradientMeta(WireModel):
     server_s: Seconds  # the edge's time for this batch, from receipt to reply (queue included)
 
 
-class WeightsMeta(RoundTraffic):
-    """Tensors: the device part's state dict after the round."""
+class WeightsMeta(RoundTraffic, WithLaterFields):
+    """Tensors: the device part's state dict after the round. With ``weights_base`` (this
+    round), its quantised tensors are deltas against the round's start (schemas.weight_delta)."""
+
+    LATER_FIELDS = ("weights_base",)
 
     kind: Literal["weights"] = "weights"
     cut: Annotated[int, Field(ge=1)]
@@ -341,6 +390,18 @@ class WeightsMeta(RoundTraffic):
     downlink_s: Seconds = 0.0  # time spent receiving gradients this round
     # Emulated devices: how far the host fell behind the emulated compute times (0: kept up).
     behind_s: Seconds = 0.0
+    weights_base: RoundNo | None = None
+
+
+class WeightsResync(RoundTraffic):
+    """On the weights channel, no tensors: the device cannot apply its round start's weight
+    deltas (it does not hold their base: it restarted, or missed a round; or they do not fit
+    it). The edge counts it and sends the round start again with full weights."""
+
+    kind: Literal["weights_resync"] = "weights_resync"
+    weights_base: RoundNo | None = None  # the base the round start named
+    held: RoundNo | None = None  # the round whose start the device holds (None: none)
+    reason: str
 
 
 # --- parsing and serialising -------------------------------------------------------------------
@@ -372,6 +433,12 @@ def parse_json(model: type[M], payload: bytes | bytearray) -> M:
         # JSONDecodeError and UnicodeDecodeError are ValueErrors; so are integers too long to
         # convert; absurdly deep nesting exhausts the recursion limit.
         raise SchemaError("bad_json", str(exc)[:200]) from None
+    try:
+        # JSON may escape half a surrogate pair ("\ud800"): such text cannot be encoded again,
+        # so every later log line, error report or run report holding it would fail.
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise SchemaError("bad_json", "text with an unpaired surrogate escape") from None
     return parse_meta(model, data)
 
 
@@ -387,6 +454,13 @@ def parse_ctrl(data: object) -> Welcome | RoundStart | RoundClose | RoundAbort |
         return _CTRL.validate_python(_upgraded(data))
     except ValidationError as exc:
         raise SchemaError("bad_schema", _summarise(exc)) from None
+
+
+def parse_weights_traffic(data: object) -> WeightsMeta | WeightsResync:
+    """What a device sends on its weights channel: its part, or a request for full weights."""
+    if isinstance(data, dict) and data.get("kind") == "weights_resync":
+        return parse_meta(WeightsResync, data)
+    return parse_meta(WeightsMeta, data)
 
 
 # Version 1 named the cut "split" in these messages (in the plan: in each device's entry).
@@ -421,6 +495,7 @@ def _as_v1(data: dict[str, Any]) -> dict[str, Any]:
     data = {**data, "v": 1}
     if data.get("kind") == "hello":  # a version-1 edge knows no quantised format
         data["wire_dtypes"] = [d for d in data["wire_dtypes"] if d in LEGACY_WIRE_DTYPES]
+        data.pop("weight_wires", None)  # nor weight deltas
     model = data.get("model")
     if data.get("kind") in _MODEL_KINDS and isinstance(model, dict):
         shape = model["input_shape"]
@@ -432,7 +507,9 @@ def _as_v1(data: dict[str, Any]) -> dict[str, Any]:
         renamed: dict[str, Any] = _renamed(data, "cut", "split")
         return renamed
     if data.get("kind") == "plan":
-        devices = data["devices"]
+        devices = {
+            d: {k: v for k, v in e.items() if k != "wire_dtype"} for d, e in data["devices"].items()
+        }
         return {**data, "devices": {d: _renamed(e, "cut", "split") for d, e in devices.items()}}
     return data
 

@@ -97,9 +97,13 @@ def packed_bytes(fmt: QuantFormat, size: int) -> int:
     return size if fmt == "int8" else (size + 1) // 2
 
 
-def quantize(array: np.ndarray, fmt: QuantFormat) -> QuantizedTensor:
+def quantize(
+    array: np.ndarray, fmt: QuantFormat, *, axis: int | Literal["auto"] | None = "auto"
+) -> QuantizedTensor:
     """Quantise a float array (any float dtype; computed in float32) to ``fmt``.
 
+    ``axis``: the channel axis, one scale and zero point per index along it (None: one for the
+    whole tensor); "auto": :func:`channel_axis` (activations' and gradients' channels).
     Raises CodecError ``not_finite`` for NaN or Inf, ``bad_scale`` for values too large for
     ``fmt``'s codes to come back as float32.
     """
@@ -109,7 +113,10 @@ def quantize(array: np.ndarray, fmt: QuantFormat) -> QuantizedTensor:
     if not np.isfinite(x).all():
         raise CodecError("not_finite", "cannot quantise NaN or Inf")
     levels = LEVELS[fmt]
-    axis = channel_axis(x.shape)
+    if isinstance(axis, str):
+        axis = channel_axis(x.shape)
+    elif axis is not None and not 0 <= axis < x.ndim:
+        raise ValueError(f"axis {axis} is not an axis of shape {x.shape}")
     view = x.reshape(_channel_view(x.shape, axis))
     channels = view.shape[1]
     if view.size:

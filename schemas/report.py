@@ -53,9 +53,13 @@ class DeviceRoundReport(ReportModel):
     # The device part's weights, down with the round start and up at its end, over the device's
     # link estimates (else its declared rates): seconds, included in energy_j.
     weights_s: float = 0.0
+    # Bytes of those weights as sent, down (re-sends included) and up: float32 values, or
+    # quantised deltas with their scales (None: a report from before the count).
+    weights_bytes: int | None = None
     # Measured at the edge: round start sent to the device's part received (None: no part).
     round_s: float | None = None
     contributed: bool = False  # its part reached FedAvg (ok, or a straggler's partial part)
+    wire_dtype: str | None = None  # activations and gradients on its wire this round
     discarded_batches: int = 0  # batch steps applied this round that FedAvg never saw
 
     @property

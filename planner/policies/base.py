@@ -15,6 +15,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from planner.cost import CostTable
 from planner.plan import Plan
+from planner.wire_choice import WireTables
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class PolicyInputs:
     # Whether each cut's price includes shipping the device part's weights every round (then a
     # cut change moves no byte the new cut's own price leaves out).
     sync_weights: bool = True
+    # Each device's cost in every wire format it may use, where the edge lets the planner choose
+    # formats (None: every device keeps its configured format, which ``table`` prices).
+    wire: WireTables | None = None
 
     @property
     def device_ids(self) -> tuple[str, ...]:

@@ -135,3 +135,17 @@ def test_bad_own_data_flags_are_named(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["device", *flags])
     assert problem in capsys.readouterr().err
+
+
+def test_the_weight_wire_flag_reaches_the_edge_and_a_bad_one_is_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ares.cli import build_parser, edge_settings
+
+    edge, _ = edge_settings(build_parser().parse_args(["edge", "--weight-wire", "int4-delta"]))
+    assert edge.weight_wire == "int4-delta"
+    default, _ = edge_settings(build_parser().parse_args(["edge"]))
+    assert default.weight_wire == "int8-delta"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["edge", "--weight-wire", "int2-delta"])
+    assert "--weight-wire" in capsys.readouterr().err

@@ -261,3 +261,13 @@ def test_own_data_missing_or_doubled_is_one_line(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"") if entry.endswith(".npz") else path.mkdir()
     assert problem in refused(["--devices", "2", "--data", "data"], runs, capsys)
+
+
+def test_the_weight_wire_flag_reaches_the_demos_edge(
+    runs: list[DemoOptions], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--devices", "1", "--weight-wire", "float32"]) == 0
+    assert main(["demo", "--devices", "1"]) == 0
+    from_flag, default = runs
+    assert flag_value(from_flag.edge_argv(), "--weight-wire") == "float32"
+    assert "--weight-wire" not in default.edge_argv()  # the edge's own setting

@@ -113,8 +113,9 @@ def test_a_change_of_cut_is_not_charged_for_weights_that_travel_every_round_anyw
 
 def test_missing_readings_fall_back_and_say_so():
     plan = planner().plan({"quiet": DeviceReadings(samples=100)})
-    assert (
-        plan.devices["quiet"].inputs == "compute assumed (edge speed), power assumed, link assumed"
+    assert plan.devices["quiet"].inputs == (
+        "compute assumed (edge speed), power assumed, link assumed, Theta assumed 0, "
+        "edge queueing assumed none"
     )
     other_model = ComputeProfile(
         model="vgg5", batch_size=32, forward_s=(0.1,) * 7, backward_s=(0.1,) * 7
@@ -150,3 +151,12 @@ def test_float16_on_the_wire_halves_activations_and_gradients_but_not_the_weight
 def test_a_device_only_gets_cuts_it_allows():
     plan = planner("ares").plan({"a": readings(allowed_cuts=(2, 3)), "b": readings()})
     assert plan.splits["a"] in (2, 3)
+
+
+def test_a_compressed_weight_wire_is_priced_with_its_scale():
+    # fl at 1 Mbit/s: 2.02 MB of weights down and up each round, or a quarter of it as deltas.
+    slow = {"uplink_bps": 1e6, "downlink_bps": 1e6}
+    full = planner("fl").plan({"a": readings(**slow)}).devices["a"]
+    deltas = planner("fl").plan({"a": readings(**slow, weight_scale=0.25)}).devices["a"]
+    sync_s = 2 * 8 * sum(SERVER.param_bytes) / 1e6
+    assert full.predicted_time_s - deltas.predicted_time_s == pytest.approx(0.75 * sync_s)

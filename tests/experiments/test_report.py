@@ -8,7 +8,9 @@ from tests.experiments.handmade import results_document, three_policies
 
 def test_summary_markdown_has_the_tables_and_the_findings():
     text = render_summary(results_document(three_policies()))
-    assert "| ares **(best)** | 1-3 changing | 0.7000 | 60.0 | - | 60.0 | 30.0 | 0.550 |" in text
+    assert (
+        "| ares **(best)** | 1-3 changing | - | 0.7000 | 60.0 | - | 60.0 | 30.0 | 0.550 |" in text
+    )
     assert "-40.0% | -50.0% | -25.0% | -33.3% |" in text  # against fl, then sl-best
     assert "| a | 40.0 | 20.0 | 30.0 |" in text  # energy per device: fl, ares, sl-best
     assert "| **total** | **60.0** | **30.0** | **45.0** |" in text

@@ -74,6 +74,18 @@ def test_weight_sync_is_priced_once_per_round() -> None:
     assert synced.energy_j[0] - plain.energy_j[0] == pytest.approx([2.5, 10.0])
 
 
+def test_a_compressed_weight_wire_scales_the_weights_only() -> None:
+    model = _model(param_bytes=(500, 1500), sync_weights=True)
+    plain = cost_table([_device()], SERVER, model)
+    deltas = cost_table([_device(weight_scale=0.25)], SERVER, model)
+    # Int8 deltas: a quarter of the weight sync (0.75 s and 2.5 J at cut 1, 3 s and 10 J at
+    # cut 2); the batches cost what they did.
+    assert plain.time_s[0] - deltas.time_s[0] == pytest.approx([0.75 * 0.75, 0.75 * 3.0])
+    assert plain.energy_j[0] - deltas.energy_j[0] == pytest.approx([0.75 * 2.5, 0.75 * 10.0])
+    with pytest.raises(PlanningError, match="weight_scale"):
+        _device(weight_scale=0.0)
+
+
 def test_labels_and_separate_gradient_bytes() -> None:
     table = cost_table([_device()], SERVER, _model(label_bytes=500, gradient_bytes=(2000, 10)))
     # Cut 1: up (1000 + 500) * 8 / 8000 = 1.5 s, down 2000 * 8 / 16000 = 1.0 s.
@@ -167,3 +179,14 @@ def test_duplicate_ids_rejected() -> None:
     with pytest.raises(PlanningError) as err:
         CostTable.from_arrays([[1.0], [1.0]], [[1.0], [1.0]], device_ids=["a", "a"])
     assert err.value.field == "device_ids"
+
+
+def test_theta_and_split_compute_are_paid_only_at_split_cuts() -> None:
+    plain = cost_table([_device()], SERVER, _model())
+    learned = cost_table([_device(exchange_s=0.25, split_compute_s=0.125)], SERVER, _model())
+    # Cut 1, 3 batches: + 0.375 s each; energy: 2 W * 0.125 s computing, 4 W * 0.25 s receiving
+    # (the device accounts its wait for the gradient as receiving). Cut 2 exchanges nothing.
+    assert learned.time_s[0] - plain.time_s[0] == pytest.approx([3 * 0.375, 0.0])
+    assert learned.energy_j[0] - plain.energy_j[0] == pytest.approx([3 * (0.25 + 1.0), 0.0])
+    with pytest.raises(PlanningError, match="exchange_s"):
+        _device(exchange_s=-1.0)
