@@ -121,6 +121,7 @@ def _row(rate: float, dtype: str, results: dict[str, Any]) -> dict[str, Any]:
         "dtype": dtype,
         "runs": 1,
         "ares_splits": _cuts(results["policies"].get("ares")),
+        "ares_formats": _formats(results["policies"].get("ares")),
         "objective": {name: p.get("objective") for name, p in policies.items()},
         "objective_range": {},
         "accuracy": {name: p.get("final_accuracy") for name, p in policies.items()},
@@ -140,6 +141,7 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "dtype": runs[0]["dtype"],
         "runs": len(runs),
         "ares_splits": " / ".join(dict.fromkeys(r["ares_splits"] for r in runs)),
+        "ares_formats": " / ".join(dict.fromkeys(r.get("ares_formats", "—") for r in runs)),
     }
     for key in ("objective", "accuracy", "fl", "sl-best"):
         names = dict.fromkeys(name for r in runs for name in r.get(key, {}))
@@ -169,6 +171,17 @@ def _cuts(report: dict[str, Any] | None) -> str:
         return "—"
     devices = rounds[-1].devices
     return " ".join(str(devices[d].cut) for d in sorted(devices))
+
+
+def _formats(report: dict[str, Any] | None) -> str:
+    """ARES's wire format per device in its last round ("-" at cut L: nothing crosses)."""
+    rounds = [] if report is None else RunReport.model_validate(report).rounds
+    if not rounds:
+        return "—"
+    devices = rounds[-1].devices
+    return " ".join(
+        (devices[d].wire_dtype or "?") if devices[d].server_s > 0 else "-" for d in sorted(devices)
+    )
 
 
 def _changes_from_rounds(reports: dict[str, Any], name: str, other: str) -> dict[str, float | None]:
@@ -219,9 +232,10 @@ def _saving(ratios: dict[str, Any], what: str) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| link | wire | ARES cuts | time vs fl | device time vs fl | energy vs fl | "
-        "time vs sl-best | energy vs sl-best | objective ares / fl / sl-best | best |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| link | wire | ARES cuts | ARES formats | time vs fl | device time vs fl | "
+        "energy vs fl | time vs sl-best | energy vs sl-best | objective ares / fl / sl-best "
+        "| best |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         fl, sl = row.get("fl", {}), row.get("sl-best", {})
@@ -229,6 +243,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
         runs = f" ({row['runs']} runs)" if row["runs"] > 1 else ""
         lines.append(
             f"| {row['rate']:g} Mbit/s{runs} | {row['dtype']} | {row['ares_splits']} | "
+            f"{row.get('ares_formats', '—')} | "
             f"{_saving(fl, 'time')} | {_pct(fl.get('device_time'))} | "
             f"{_saving(fl, 'energy')} | {_saving(sl, 'time')} | "
             f"{_saving(sl, 'energy')} | {objective} | {_best(row['objective'])} |"
@@ -239,7 +254,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         "and in brackets the cost model's prediction for the same runs. Time: the rounds at "
         "the edge; device time: the slowest device's rounds (start sent to part received), "
         "without the edge's per-round aggregation and evaluation, which the cost model leaves "
-        "out. ARES cuts: its last round's cut per device, devices in alphabetical order. "
+        "out. ARES cuts and formats: its last round's per device, devices in alphabetical order "
+        "(wire: the baselines' format, ARES's first choice; '-': nothing crosses at that cut). "
         "A point run several times shows medians, each objective's range in brackets. Best: "
         'the lowest objective; "ares within 1%" marks a tie on a shared machine.'
     )

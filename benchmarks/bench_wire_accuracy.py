@@ -4,12 +4,15 @@ error feedback (``grad_error_feedback``), and the device part's weights as int8 
 (``weight_wire``; every other case sends them in float32).
 
 A real edge and device agents in one event loop over the in-memory broker (no network: the
-bytes are the same, the timing is not the point), on the bundled digits. With the same seed a
+bytes are the same, the timing is not the point), on the bundled digits, or on CIFAR-10 where a
+local copy is given (``--dataset cifar10 --data-dir DIR``; without one the bench says so and
+runs nothing: no download, ever). With the same seed a
 float32 run is reproducible to the bit, so each difference against it is the format's alone.
 Prints final accuracy per format and seed, and the mean difference against float32.
 
     python benchmarks/bench_wire_accuracy.py [--rounds 4] [--seeds 0,1,2] [--split 1]
     python benchmarks/bench_wire_accuracy.py --split 5 --devices 3 --cases float32,w:int8-delta
+    python benchmarks/bench_wire_accuracy.py --dataset cifar10 --data-dir ~/data --model vgg5
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import argparse
 import asyncio
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from device_agent import DeviceAgent, DeviceSettings
 from edge_service import EdgeService, EdgeSettings
+from splitnn.data import DatasetError
+from splitnn.datasets import load_dataset
 from transport import MemoryBroker
 
 HANG_S = 600.0
@@ -48,7 +54,7 @@ async def run(
         min_devices=args.devices, checkpoint=None, torch_threads=1, compute_workers=2,
         registration_timeout_s=HANG_S, profile_timeout_s=HANG_S, seed=seed,
         wire_dtype=wire, grad_error_feedback=feedback, dataset=args.dataset,
-        weight_wire=weight_wire,
+        data_dir=args.data_dir, model=args.model, weight_wire=weight_wire,
     )  # fmt: skip
     edge = EdgeService(settings, connect=broker.connect)
     agents = [
@@ -61,6 +67,7 @@ async def run(
                 torch_threads=1,
                 seed=seed,
                 dataset=args.dataset,
+                data_dir=args.data_dir,
             ),
             connect=broker.connect,
         )
@@ -75,11 +82,16 @@ async def run(
 
 
 async def main(args: argparse.Namespace) -> None:
+    try:  # say which data ran, and never fall back to another quietly
+        load_dataset(args.dataset, "test", data_dir=args.data_dir)
+    except DatasetError as exc:
+        print(f"{args.dataset} not run: {exc}")
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     cases = [c for c in CASES if c[0] in args.cases.split(",")] if args.cases else list(CASES)
     results: dict[str, list[float]] = {name: [] for name, *_ in cases}
-    print(f"digits, {args.devices} device(s), cut {args.split}, {args.rounds} rounds, "
-          f"batch {args.batch_size}, seeds {seeds}")  # fmt: skip
+    print(f"{args.dataset} ({args.model}), {args.devices} device(s), cut {args.split}, "
+          f"{args.rounds} rounds, batch {args.batch_size}, seeds {seeds}")  # fmt: skip
     for seed in seeds:
         for name, wire, feedback, weight_wire in cases:
             began = time.perf_counter()
@@ -106,6 +118,8 @@ if __name__ == "__main__":
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--data-dir", type=Path, help="a local dataset's directory (cifar10)")
+    parser.add_argument("--model", default="small_cnn")
     parser.add_argument("--cases", default="", help="comma-separated subset of " +
                         ",".join(c[0] for c in CASES))  # fmt: skip
     asyncio.run(main(parser.parse_args()))

@@ -106,7 +106,9 @@ def _policy_notes(settings: Mapping[str, Any]) -> list[str]:
                     f"{key} {'infeasible' if value is None else f'{value:.3f}'}"
                     for key, value in predicted.items()
                 )
-                notes.append(f"  The cost model's objectives before the runs: {priced}.")
+                notes.append(f"  The cost model's objectives before the runs: {priced} (every "
+                             "wire float32: ares may choose a narrower format only once the edge "
+                             "has measured its accuracy cost).")  # fmt: skip
         elif name in described:
             notes.append(f"- {described[name]}")
     return [*notes, ""]

@@ -16,7 +16,7 @@ BENCH = Path(__file__).parents[2] / "benchmarks" / "bench_sweep.py"
 def run_report(cuts: dict[str, int], time_s: float, energy_j: float) -> dict[str, Any]:
     """One policy's report: two rounds whose plans predict ``time_s`` and ``energy_j`` each."""
     measured = {
-        "status": "ok", "batches": 2, "samples": 64, "busy_s": 1.0, "server_s": 0.1,
+        "status": "ok", "batches": 2, "samples": 64, "busy_s": 1.0, "wire_dtype": "int8",
         "train_loss": 1.0, "rtt_median_s": 0.1, "energy_j": 1.0, "uplink_mbps": None,
         "downlink_mbps": None, "battery_pct": None, "link_mode": "tc", "emulation_behind_s": 0.0,
         "round_s": 0.8 * time_s,  # measured at the edge
@@ -24,6 +24,7 @@ def run_report(cuts: dict[str, int], time_s: float, energy_j: float) -> dict[str
     devices = {
         d: DeviceRoundReport(
             cut=cut,
+            server_s=0.1 if cut < 7 else 0.0,  # the edge serves no batch at cut L
             predicted_time_s=time_s,
             predicted_energy_j=energy_j / len(cuts),
             **measured,
@@ -92,9 +93,10 @@ def test_table_only_rebuilds_the_table_with_predictions_beside_measurements(tmp_
     assert "50 Mbit/s" not in table
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[:3] == ["20 Mbit/s", "float32", "4 2"]  # nano, pi: the last round's cuts
+    assert cells[3] == "int8 int8"  # and formats
     # Measured saving, then the plans' prediction: time 5 s against 10 s, energy 30 J against 60.
-    assert cells[3:8] == ["+40% (+50%)", "+50%", "+45% (+50%)", "-1% (+0%)", "+20% (+25%)"]
-    assert cells[8:] == ["0.550 / 1.000 / 0.600", "ares"]
+    assert cells[4:9] == ["+40% (+50%)", "+50%", "+45% (+50%)", "-1% (+0%)", "+20% (+25%)"]
+    assert cells[9:] == ["0.550 / 1.000 / 0.600", "ares"]
 
 
 def test_a_point_run_several_times_shows_medians_and_ranges(tmp_path):
@@ -107,5 +109,5 @@ def test_a_point_run_several_times_shows_medians_and_ranges(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "100 Mbit/s (3 runs)"
     # ARES: 0.55, 0.62, 0.605 -> median 0.605, worse than sl-best's 0.600 but within 1%.
-    assert cells[8] == "0.605 (0.550–0.620) / 1.000 / 0.600"
-    assert cells[9] == "sl-best (ares within 1%)"
+    assert cells[9] == "0.605 (0.550–0.620) / 1.000 / 0.600"
+    assert cells[10] == "sl-best (ares within 1%)"
