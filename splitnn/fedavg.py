@@ -1,11 +1,14 @@
 """Federated averaging of full-model state dicts: all at once (``fedavg``) or part by part as
-the parts arrive (``FedAvgSum``), with the same rules."""
+the parts arrive (``FedAvgSum``), with the same rules; and hierarchically: several sums (one per
+edge replica) merged into one (``FedAvgSum.partial`` and ``merge``) give the average one sum
+over all the parts would."""
 
 from __future__ import annotations
 
 import math
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -66,6 +69,16 @@ def fedavg(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> 
     return averaged
 
 
+@dataclass(frozen=True)
+class FedAvgPartial:
+    """What one sum holds: the float64 weighted sums, the weights, and the parts' dtypes (its
+    reference). Another sum merges it exactly as if it had added those parts itself."""
+
+    sums: Mapping[str, Tensor]  # float64
+    weights: tuple[float, ...]
+    dtypes: Mapping[str, torch.dtype]
+
+
 class FedAvgSum:
     """``fedavg`` accumulated as the parts arrive: a running weighted sum in float64, so the
     average of the last part costs one addition and a division instead of a pass over every
@@ -100,6 +113,47 @@ class FedAvgSum:
             for key, value in state.items():
                 self._sums[key] += value.detach().to(torch.float64) * weight
             self._weights.append(weight)
+
+    def partial(self) -> FedAvgPartial:
+        """A copy of what this sum holds, for another sum to :meth:`merge` (a replica's share
+        of a round, sent to the coordinator)."""
+        with self._lock:
+            if not self._weights:
+                raise SplitError("no part to hand on")
+            return FedAvgPartial(
+                sums={k: s.clone() for k, s in self._sums.items()},
+                weights=tuple(self._weights),
+                dtypes={k: v.dtype for k, v in self._reference.items()},
+            )
+
+    def merge(self, partial: FedAvgPartial) -> None:
+        """Add another sum's parts, as if each had been added here (weighted by its samples:
+        the merged average equals one FedAvg over every part, within float64 rounding)."""
+        for weight in partial.weights:
+            if not math.isfinite(weight) or weight < 0:
+                raise SplitError(f"weight must be finite and non-negative, got {weight}")
+        if partial.sums.keys() != partial.dtypes.keys():
+            raise SplitError("a partial sum's sums and dtypes name different tensors")
+        with self._lock:
+            if self._reference:
+                mine = {k: (v.dtype, tuple(v.shape)) for k, v in self._reference.items()}
+                theirs = {k: (partial.dtypes[k], tuple(v.shape)) for k, v in partial.sums.items()}
+                if mine != theirs:
+                    diff = sorted(k for k in mine.keys() | theirs.keys()
+                                  if mine.get(k) != theirs.get(k))  # fmt: skip
+                    raise SplitError(f"a partial sum differs from this one in {diff}")
+            else:
+                self._reference = {
+                    k: torch.empty(v.shape, dtype=partial.dtypes[k], device=v.device)
+                    for k, v in partial.sums.items()
+                }
+                self._sums = {
+                    k: torch.zeros(v.shape, dtype=torch.float64, device=v.device)
+                    for k, v in partial.sums.items()
+                }
+            for key, value in partial.sums.items():
+                self._sums[key] += value.to(torch.float64)
+            self._weights.extend(partial.weights)
 
     def average(self) -> dict[str, Tensor]:
         """The weighted mean of the parts added so far."""

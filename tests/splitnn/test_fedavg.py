@@ -200,3 +200,47 @@ def test_the_running_sum_rejects_what_fedavg_rejects() -> None:
         total.add({**b, "6.bias": torch.zeros(11)}, 1)
     total.add(b, 2)
     assert all(torch.equal(total.average()[k], b[k]) for k in b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seeds=st.lists(st.integers(0, 2**31), min_size=1, max_size=6),
+    weights=st.lists(st.floats(0.01, 1e4), min_size=6, max_size=6),
+    replica_of=st.lists(st.integers(0, 2), min_size=6, max_size=6),
+)
+def test_merged_replica_sums_equal_one_fedavg_over_every_part(
+    seeds: list[int], weights: list[float], replica_of: list[int]
+) -> None:
+    """Hierarchical FedAvg: each replica sums its devices' parts, the coordinator merges the
+    replicas' partial sums, and the average is one FedAvg over every part."""
+    parts = [(_random_state(seed), weights[i]) for i, seed in enumerate(seeds)]
+    replicas: dict[int, FedAvgSum] = {}
+    for i, (state, weight) in enumerate(parts):
+        replicas.setdefault(replica_of[i], FedAvgSum()).add(state, weight)
+    coordinator = FedAvgSum()
+    for replica in replicas.values():
+        coordinator.merge(replica.partial())
+    assert coordinator.parts == len(parts)
+    merged = coordinator.average()
+    batch = fedavg([s for s, _ in parts], [w for _, w in parts])
+    for key, expected in batch.items():
+        assert merged[key].dtype == expected.dtype
+        if expected.is_floating_point():
+            torch.testing.assert_close(merged[key], expected)
+        else:
+            assert abs(int(merged[key]) - int(expected)) <= 1  # an x.5 tie may round either way
+
+
+def test_a_partial_sum_is_checked_before_it_is_merged() -> None:
+    a, b = _states(2)
+    one, other = FedAvgSum(), FedAvgSum()
+    one.add(a, 3)
+    other.add({**b, "6.bias": torch.zeros(11)}, 1)
+    with pytest.raises(SplitError, match=r"6\.bias"):
+        one.merge(other.partial())
+    with pytest.raises(SplitError, match="no part"):
+        FedAvgSum().partial()
+    partial = one.partial()
+    with pytest.raises(SplitError, match="weight"):
+        one.merge(type(partial)(partial.sums, (math.inf,), partial.dtypes))
+    assert one.parts == 1  # nothing of a refused partial was added
