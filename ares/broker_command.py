@@ -2,7 +2,10 @@
 
     ares broker run [--port N] [--print-config]     a local, unauthenticated Mosquitto for tests
     ares broker init DIR [...]                      write a TLS + passwords + ACL broker setup
-    ares broker add-device NAME --dir DIR [...]     give a device its credentials
+    ares broker init-site DIR --core-dir CORE --site NAME
+                                                    a site broker bridged to a core (init's)
+    ares broker add-device NAME --dir DIR [...]     give a device its credentials (at a site:
+                                                    its bridge and the core's ACL too)
 
 Errors in the input (an existing setup, a bad name) exit with status 2 and one line on stderr,
 through ``ares.cli.main``'s handling of ValueError.
@@ -17,6 +20,7 @@ import socket
 from pathlib import Path, PurePosixPath
 
 import runtime
+from ares.broker_site_command import add_init_site_parser, print_site_device_steps
 
 DEFAULT_MODEL = "vgg5"  # the paper's model and data: the largest messages of the shipped set
 DEFAULT_DATASET = "cifar10"
@@ -88,6 +92,7 @@ def add_broker_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     )
     init.add_argument("--force", action="store_true", help="replace an existing setup in DIR")
     init.set_defaults(handler=_init)
+    add_init_site_parser(commands)
 
     add = commands.add_parser(
         "add-device",
@@ -198,9 +203,12 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _add_device(args: argparse.Namespace) -> int:
-    from broker.setup_dir import SetupDir
+    from broker.site_dir import CoreDir, SiteDir
 
-    target = SetupDir(args.dir)
+    target = SiteDir(args.dir)  # an ordinary setup unless DIR holds a site.toml
+    site = None if target.is_site() else CoreDir(args.dir).site_of(args.name)
+    if site is not None:
+        raise ValueError(f"device {args.name!r} is already provisioned at site {site}")
     made = target.add_device(
         args.name,
         ca_path=PurePosixPath(args.ca_path),
@@ -211,6 +219,9 @@ def _add_device(args: argparse.Namespace) -> int:
     files = [made.config_path, target.certs / "ca.crt"]
     files += [p for p in (made.cert_path, made.key_path) if p is not None]
     device_dir = PurePosixPath(args.ca_path).parent
+    if target.is_site():
+        print_site_device_steps(args.dir, made.device_id, files)
+        return 0
     print(
         "\nNext steps:\n"
         f"  1. Copy to the device ({device_dir}/), keeping the key and the config private "

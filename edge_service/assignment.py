@@ -22,10 +22,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from schemas.errors import AresError
+
 __all__ = ["AssignmentError", "DeviceLoad", "Placement", "ReplicaInfo", "assign_devices"]
 
 
-class AssignmentError(ValueError):
+class AssignmentError(AresError, ValueError):
     """The inputs cannot be assigned (no replica, a bad load or capacity)."""
 
 

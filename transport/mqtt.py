@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -327,8 +328,9 @@ class MqttLink:
             password=s.resolved_password(),
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             # MQTT 5: start clean once per process, then resume the session on reconnects so
-            # QoS 1 messages queued while we were away are delivered. 3.1.1 always resumes.
-            clean_start=self._first_connect if v5 else False,
+            # QoS 1 messages queued while we were away are delivered. 3.1.1 always resumes
+            # (clean_session); paho refuses any other clean_start than its default there.
+            clean_start=self._first_connect if v5 else MQTT_CLEAN_START_FIRST_ONLY,
             clean_session=None if v5 else False,
             properties=properties,
             will=will,
