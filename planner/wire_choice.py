@@ -126,19 +126,33 @@ def wire_tables(
         raise PlanningError("options", f"unknown devices {unknown}")
     formats = tuple(dict.fromkeys(o.name for own in chosen.values() for o in own))
     cuts = model.num_blocks
-    time = np.full((len(devices), cuts, len(formats)), np.inf)
-    energy = np.full_like(time, np.inf)
-    for row, device in enumerate(devices):
-        for option in chosen[device.device_id]:
-            single = cost_table([_priced_as(device, option)], server, model)
-            allowed = np.ones(cuts, dtype=bool)
-            if option.cuts is not None:
-                allowed &= np.isin(np.arange(1, cuts + 1), sorted(option.cuts | {cuts}))
-            k = formats.index(option.name)
-            time[row, :, k] = np.where(allowed, single.time_s[0], np.inf)
-            energy[row, :, k] = np.where(allowed, single.energy_j[0], np.inf)
-    firsts = [_priced_as(d, chosen[d.device_id][0]) for d in devices]
-    base = cost_table(firsts, server, model)
+    time = np.empty((len(devices), cuts, len(formats)))
+    energy = np.empty_like(time)
+    firsts_share_one = all(chosen[d.device_id][0].name == formats[0] for d in devices)
+    base: CostTable | None = None
+    # One table per format over every device (a device without the format is priced in its
+    # first option and masked out): a few vectorised tables, not one per device and format.
+    for k, name in enumerate(formats):
+        allowed = np.zeros((len(devices), cuts), dtype=bool)
+        priced = []
+        for row, device in enumerate(devices):
+            own = chosen[device.device_id]
+            option = next((o for o in own if o.name == name), None)
+            priced.append(_priced_as(device, option or own[0]))
+            if option is None:
+                continue
+            if option.cuts is None:
+                allowed[row] = True
+            else:
+                allowed[row, [c - 1 for c in option.cuts if c <= cuts]] = True
+                allowed[row, cuts - 1] = True  # nothing crosses at cut L: every format alike
+        table = cost_table(priced, server, model)
+        if k == 0 and firsts_share_one:
+            base = table  # every device's first option: its default
+        time[:, :, k] = np.where(allowed, table.time_s, np.inf)
+        energy[:, :, k] = np.where(allowed, table.energy_j, np.inf)
+    if base is None:
+        base = cost_table([_priced_as(d, chosen[d.device_id][0]) for d in devices], server, model)
     for array in (time, energy):
         array.setflags(write=False)
     return WireTables(formats, time, energy, base, chosen)
