@@ -308,7 +308,7 @@ class SiteDir(SetupDir):
         Returns the devices. Safe to repeat, e.g. after removing a device's line from passwd.
         """
         record = record or self.load_record()
-        devices = self._device_names()
+        devices = sorted(self._device_names())
         CoreDir(record.core_dir).set_site_devices(record.site, devices)
         self._write_conf(self.load_setup(), record, devices)
         return devices
@@ -334,10 +334,6 @@ class SiteDir(SetupDir):
         bridge = self.bridge_config(setup, record)
         text = render_mosquitto_conf(setup) + "\n" + render_bridge_section(bridge, devices)
         write_atomic(self.conf, text.encode(), PRIVATE)
-
-    def _device_names(self) -> list[str]:
-        # A site's password file holds its devices and its own service accounts only.
-        return sorted(super()._device_names())
 
 
 def _read_client(path: Path) -> ClientConfig:
