@@ -174,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ignore an existing checkpoint and start from round 1",
     )
+    cluster = edge.add_argument_group(
+        "scale-out", "one of several edge replicas on one core broker (docs/deployment.md)"
+    )
+    cluster.add_argument("--replica", help="this replica's name; without it the only edge")
+    cluster.add_argument("--site", help="the site this replica runs at (devices stay local)")
+    cluster.add_argument(
+        "--replica-capacity",
+        dest="replica_capacity_bps",
+        type=float,
+        help="batches per second it serves, relative to the other replicas (default 1)",
+    )
     edge.set_defaults(handler=_edge, log_name="edge")
 
     device = sub.add_parser("device", help="run a device agent")
@@ -191,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--downlink-mbps", type=float, help="declared downlink rate")
     device.add_argument("--memory-mb", type=float, help="memory available for training")
     device.add_argument("--allowed-cuts", help="cuts this device may take, e.g. 2,3,5")
+    device.add_argument("--site", help="where it is (its site broker), for the edge replicas")
     emulation = device.add_argument_group("emulation (testbed)")
     emulation.add_argument("--profile", help="emulate a built-in device, e.g. raspberry-pi-3b+")
     emulation.add_argument("--time-scale", type=float, help="run the emulation this much faster")
@@ -416,7 +428,7 @@ def edge_settings(args: argparse.Namespace) -> tuple[EdgeSettings, dict[str, Any
 
     values = _overrides(
         args, *TRAINING, "min_devices", "torch_device", "torch_threads", "checkpoint", "fresh",
-        "metrics_port",
+        "metrics_port", "replica", "site", "replica_capacity_bps",
     )  # fmt: skip
     # getattr: the demo builds the edge's settings from its own flags, a subset of these.
     if getattr(args, "splits", None):
@@ -463,7 +475,7 @@ def device_settings(
         "seed", "torch_threads",
         "exit_on_finish", "uplink_mbps", "downlink_mbps", "memory_mb", "profile", "time_scale",
         "link_mode", "uplink_schedule", "downlink_schedule", "battery_wh", "battery_pct",
-        "shard_count",
+        "shard_count", "site",
     )  # fmt: skip
     if args.allowed_cuts:
         values["allowed_cuts"] = parse_ints(args.allowed_cuts, "--allowed-cuts")

@@ -237,8 +237,12 @@ class DeviceSession(Generic[TrainerT]):
         self._link: Link | None = None
         self._training: asyncio.Task[None] | None = None
         self._training_round: int | None = None
-        self._closing_round: int | None = None  # the edge asked us to wrap this round up
-        self._started: tuple[str, int] | None = None  # (edge session, round) last started
+        self._training_attempt = 0  # which start of that round (a round may be repeated)
+        # The edge asked us to wrap this (round, attempt) up.
+        self._closing: tuple[int, int] | None = None
+        # The round start last taken: (edge session, round), and its attempt.
+        self._started: tuple[str, int] | None = None
+        self._started_attempt = 0
         # Set when a lost message may want re-sending at once: we reconnected, or the edge did
         # (its status arrives again). A batch awaiting its gradient is then re-sent, not after
         # its timeout: a broker restart loses what it had acknowledged but not delivered.
@@ -371,23 +375,26 @@ class DeviceSession(Generic[TrainerT]):
             state, round_no = self._state()
             self._background.spawn(self._publish_status(state, round_no, nonce=message.nonce))
         elif isinstance(message, RoundStart):
-            if (message.session, message.round) == self._started:
+            started = (message.session, message.round)
+            if started == self._started and message.attempt == self._started_attempt:
                 # A repeat (the edge re-sends round starts after a reconnect, or QoS 1
                 # redelivery): starting over would re-send batches the edge already applied.
-                log.info("%s: round %d already started; repeat ignored", self.device_id,
-                         message.round)  # fmt: skip
+                # Another attempt of the round (another edge replica repeats it) is no repeat.
+                log.info("%s: round %d (attempt %d) already started; repeat ignored",
+                         self.device_id, message.round, message.attempt)  # fmt: skip
                 return
-            self._started = (message.session, message.round)
+            self._started, self._started_attempt = started, message.attempt
             self._cancel_training()
-            self._training_round = message.round
+            self._training_round, self._training_attempt = message.round, message.attempt
             self._training = asyncio.create_task(
-                self._train_round(message, frame), name=f"round-{message.round}"
+                self._train_round(message, frame),
+                name=f"round-{message.round}.{message.attempt}",
             )
         elif isinstance(message, RoundClose):
-            if message.round == self._training_round:
-                self._closing_round = message.round
+            if self._trains(message.round, message.attempt):
+                self._closing = (message.round, message.attempt)
         elif isinstance(message, RoundAbort):
-            if message.round == self._training_round:
+            if self._trains(message.round, message.attempt):
                 log.warning(
                     "%s: round %d aborted: %s", self.device_id, message.round, message.reason
                 )
@@ -397,6 +404,11 @@ class DeviceSession(Generic[TrainerT]):
             log.info("%s: edge finished: %s", self.device_id, message.reason)
             self._cancel_training()
             self.finished.set()
+
+    def _trains(self, round_no: int, attempt: int) -> bool:
+        """Whether the round start last trained is this attempt of this round (a close or an
+        abort of another attempt is not about it)."""
+        return (round_no, attempt) == (self._training_round, self._training_attempt)
 
     # --- training -------------------------------------------------------------------------------
 
@@ -415,7 +427,7 @@ class DeviceSession(Generic[TrainerT]):
             log.info("%s: round %d, cut %d, %d batches", self.device_id, round_no, start.cut,
                      train.batches)  # fmt: skip
             for seq in range(train.batches):
-                if self._closing_round == round_no:
+                if self._closing == (round_no, start.attempt):
                     log.warning("%s: round %d closed by the edge after %d of %d batches",
                                 self.device_id, round_no, seq, train.batches)  # fmt: skip
                     break
@@ -460,7 +472,9 @@ class DeviceSession(Generic[TrainerT]):
         model, batch, cut = start.model.name, start.train.batch_size, start.cut
         act, labels = await self._timed(tally, Pace(("forward",), cut, batch, model),
                                         self.trainer.forward())  # fmt: skip
-        meta = ActivationMeta(device_id=self.device_id, round=start.round, seq=seq)
+        meta = ActivationMeta(
+            device_id=self.device_id, round=start.round, attempt=start.attempt, seq=seq
+        )
         payload = encode_frame(
             to_meta(meta, self.edge_protocol), {"act": act, "labels": labels},
             max_bytes=self.settings.mqtt.max_payload_bytes,
@@ -475,7 +489,7 @@ class DeviceSession(Generic[TrainerT]):
         # Deltas against the round's start where its weight wire asks (off the event loop).
         encoded = await asyncio.to_thread(self.weight_base.upload, start, state)
         weights = WeightsMeta(
-            device_id=self.device_id, round=start.round, cut=start.cut,
+            device_id=self.device_id, round=start.round, attempt=start.attempt, cut=start.cut,
             samples=tally.samples, batches=tally.batches, busy_s=tally.busy_s,
             loss=tally.loss_sum / tally.samples if tally.samples else None,
             rtt_median_s=statistics.median(tally.round_trips) if tally.round_trips else None,
@@ -501,7 +515,8 @@ class DeviceSession(Generic[TrainerT]):
         log.warning("%s: cannot apply round %d's weights (%s); asking for them in full",
                     self.device_id, start.round, problem)  # fmt: skip
         request = WeightsResync(
-            device_id=self.device_id, round=start.round, weights_base=start.weights_base,
+            device_id=self.device_id, round=start.round, attempt=start.attempt,
+            weights_base=start.weights_base,
             held=self.weight_base.held_round, reason=str(problem)[:200],
         )  # fmt: skip
         payload = encode_frame(
@@ -560,7 +575,9 @@ class DeviceSession(Generic[TrainerT]):
                 return reply
             raise NoGradient(f"no gradient for batch {seq} after {tries + excused} tries")
         finally:
-            self._pending.pop(key, None)
+            # Only our own wait: a newer attempt of the round may wait on the same batch now.
+            if self._pending.get(key) is future:
+                del self._pending[key]
 
     async def _gradient_or_nudge(self, future: asyncio.Future[Frame], wait_s: float) -> bool:
         """Wait for the gradient; False at the timeout, or at once when a reconnect (ours or
@@ -786,6 +803,8 @@ class DeviceSession(Generic[TrainerT]):
             declared["downlink_bps"] = s.downlink_mbps * 1e6
         if s.allowed_cuts:
             declared["allowed_cuts"] = tuple(s.allowed_cuts)
+        if s.site is not None:
+            declared["site"] = s.site
         return declared
 
     async def _publish_status(

@@ -57,6 +57,8 @@ class DeviceSettings(ServiceSettings):
     power_transmit_w: float | None = Field(default=None, ge=0)
     power_receive_w: float | None = Field(default=None, ge=0)
     memory_mb: float | None = Field(default=None, gt=0)
+    # Where the device is (its site broker's name), for the edge replicas' locality.
+    site: str | None = None
     uplink_mbps: float | None = Field(default=None, gt=0)
     downlink_mbps: float | None = Field(default=None, gt=0)
     allowed_cuts: list[int] | None = None  # cuts this device may take (None: any)

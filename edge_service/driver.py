@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -72,6 +72,17 @@ ROUND_TELEMETRY_WAIT_S = 0.5
 # Tells everyone what the edge is doing now (the retained edge status), with the evaluation of
 # the round just averaged when there is one.
 Announce = Callable[[EdgeState, Evaluation | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class PlannedRound:
+    """A round's plan: the planner's entries, each device's cut and training, the deadline,
+    and the readings it was priced from."""
+
+    plan: RoundPlan
+    assignments: dict[str, tuple[int, TrainConfig]]
+    deadline_s: float
+    readings: Mapping[str, DeviceReadings]
 
 
 class RoundDriver:
@@ -157,7 +168,7 @@ class RoundDriver:
                 duration = time.perf_counter() - started  # to the next round's plan
                 stamp = run.take_stamp(self.counters, self.loop_lag)  # before the next round
                 behind = asyncio.create_task(
-                    self._conclude(round_no, plan, results, run.global_state, duration, stamp),
+                    self.conclude(round_no, plan, results, run.global_state, duration, stamp),
                     name=f"conclude-round-{round_no}",
                 )
             if behind is not None:
@@ -182,7 +193,7 @@ class RoundDriver:
         evaluation = await behind  # a failed checkpoint stops the run here
         await self.announce("training", evaluation)
 
-    async def _conclude(
+    async def conclude(
         self,
         round_no: int,
         plan: RoundPlan,
@@ -277,7 +288,9 @@ class RoundDriver:
         """Tell the devices of the round in flight that it is abandoned."""
         runner = self.current
         if runner is not None:
-            abort = RoundAbort(session=self.session, round=runner.round_no, reason=reason)
+            abort = RoundAbort(
+                session=self.session, round=runner.round_no, attempt=runner.attempt, reason=reason
+            )
             await gather_bounded(
                 (self.outbox.send_ctrl(d, abort) for d in runner.devices), return_exceptions=True
             )
@@ -289,6 +302,22 @@ class RoundDriver:
     ) -> tuple[RoundPlan, list[DeviceResult], dict[str, torch.Tensor] | None]:
         """Plan, start and serve a round; its plan, its devices' results and the average of
         their parts (None: none counted)."""
+        planned = await self.plan_round(round_no)
+        await self.publish_plan(round_no, planned.plan)
+        await self.announce("training", None)
+        results, total = await self.serve_round(
+            round_no, planned.assignments, planned.deadline_s, self.run.global_state
+        )
+        self.learn_from(planned, results)
+        average = None
+        if total.parts:
+            average = await asyncio.get_running_loop().run_in_executor(
+                self.executor, total.average
+            )
+        return planned.plan, results, average
+
+    async def plan_round(self, round_no: int) -> PlannedRound:
+        """Price the devices online now and plan their cuts (and formats) for the round."""
         settings, run = self.settings, self.run
         loop = asyncio.get_running_loop()
         if self._reporting:
@@ -323,16 +352,30 @@ class RoundDriver:
             d: e if e.wire_dtype else e.model_copy(update={"wire_dtype": self._wire_dtype(d)})
             for d, e in round_plan.devices.items()
         })  # fmt: skip
-        deadline = self._round_deadline(round_plan)
-        plan = {
+        assignments = {
             device_id: (entry.cut, self._train_config(device_id, batches[device_id], entry))
             for device_id, entry in round_plan.devices.items()
         }
-        for device_id, (cut, _) in plan.items():  # which of its timings follow a split round
+        for device_id, (cut, _) in assignments.items():  # which of its timings follow a split
             self.devices[device_id].started(round_no, split=cut < run.planner.blocks)
+        return PlannedRound(round_plan, assignments, self._round_deadline(round_plan), readings)
+
+    async def serve_round(
+        self,
+        round_no: int,
+        plan: Mapping[str, tuple[int, TrainConfig]],
+        deadline_s: float,
+        global_state: dict[str, torch.Tensor],
+        attempt: int = 0,
+    ) -> tuple[list[DeviceResult], FedAvgSum]:
+        """Start and serve the devices of ``plan`` (device -> cut and training) from
+        ``global_state``; their results and the FedAvg sum of the parts that count."""
+        loop = asyncio.get_running_loop()
+        self.round_no = round_no
+        plan = dict(plan)
         # Off the event loop: hundreds of server sessions take a good part of a second.
         parts = await loop.run_in_executor(
-            self.executor, prepare_parts, self.context, round_no, run.global_state, plan
+            self.executor, prepare_parts, self.context, round_no, global_state, plan
         )
         # The weights each round start carries: deltas against what each device holds.
         starts = await loop.run_in_executor(
@@ -340,7 +383,7 @@ class RoundDriver:
             {d: self.devices[d].hello.instance for d in plan},
             {d: self._weight_wire(d) for d in plan},
         )  # fmt: skip
-        runner = RoundRunner(self.context, round_no, run.global_state, plan, parts)
+        runner = RoundRunner(self.context, round_no, global_state, plan, parts, attempt=attempt)
         for device_id, weights in starts.items():
             runner.devices[device_id].weights = weights
         # FedAvg as the parts arrive: each is added to the running sum in the compute pool.
@@ -359,45 +402,38 @@ class RoundDriver:
             )
         self.current = runner
         try:
-            await self._publish_plan(round_no, round_plan)
-            await self.announce("training", None)
             await gather_bounded(
-                self._start_device(runner, d, cut, train, deadline)
+                self._start_device(runner, d, cut, train, deadline_s)
                 for d, (cut, train) in plan.items()
             )
-            results = await runner.run(deadline)
+            results = await runner.run(deadline_s)
         finally:
             self.current = None
         for device in runner.devices.values():
             self._keep_held(round_no, device)
         for result in results:
             if result.state is None:  # it handed in nothing: make sure it stops
-                abort = RoundAbort(session=self.session, round=round_no, reason=result.detail)
+                abort = RoundAbort(
+                    session=self.session, round=round_no, attempt=attempt, reason=result.detail
+                )
                 self.outbox.spawn(self.outbox.send_ctrl(result.device_id, abort))
         for result in results:
             add_part(result)  # any whose callback has not run yet
         await asyncio.gather(*adding.values())  # the last part's addition; the rest are done
-        self._reporting = [r.device_id for r in results if r.contributed]
-        self._learn_overheads(round_plan, results, readings)
-        average = None
-        if total.parts:
-            average = await loop.run_in_executor(self.executor, total.average)
-        return round_plan, results, average
+        return results, total
 
-    def _learn_overheads(
-        self,
-        plan: RoundPlan,
-        results: list[DeviceResult],
-        readings: Mapping[str, DeviceReadings],
-    ) -> None:
-        """What the round took beside what its plan priced (edge_service.overhead)."""
-        observations = round_observations(results, plan, readings, self.run.planner)
+    def learn_from(self, planned: PlannedRound, results: list[DeviceResult]) -> None:
+        """What the round took beside what its plan priced (edge_service.overhead); and who
+        reported, so that the next plan waits for their telemetry."""
+        self._reporting = [r.device_id for r in results if r.contributed]
+        plan = planned.plan
+        observations = round_observations(results, plan, planned.readings, self.run.planner)
         served = sum(1 for e in plan.devices.values() if e.cut < self.run.planner.blocks)
         for problem in self.overheads.observe(observations, served_at_once=served):
             self.counters.add("overhead_observations_rejected")
             log.warning("not learning from a round's times: %s", problem)
 
-    async def _publish_plan(self, round_no: int, plan: RoundPlan) -> None:
+    async def publish_plan(self, round_no: int, plan: RoundPlan) -> None:
         message = PlanMessage(
             session=self.session,
             round=round_no,
@@ -423,6 +459,7 @@ class RoundDriver:
         message = RoundStart(
             session=self.session,
             round=runner.round_no,
+            attempt=runner.attempt,
             cut=cut,
             model=self.run.model_info,
             train=train,
@@ -451,8 +488,10 @@ class RoundDriver:
             self.weight_sync.accepted(device.device_id, round_no, device.weights)
 
     async def _close_device(self, device_id: str) -> None:
+        runner = self.current
+        attempt = runner.attempt if runner is not None else 0
         await self.outbox.send_ctrl(
-            device_id, RoundClose(session=self.session, round=self.round_no)
+            device_id, RoundClose(session=self.session, round=self.round_no, attempt=attempt)
         )
 
     def _record(

@@ -59,6 +59,19 @@ class Rounds(Protocol):
         ...
 
 
+class ClusterTraffic(Protocol):
+    """What reads the edge replicas' own topics (edge_service.cluster), if this edge is one."""
+
+    def handle(self, message: Message) -> bool:
+        """Take a message on a cluster topic; False if it is on none."""
+        ...
+
+    @property
+    def coordinating(self) -> bool:
+        """Whether this replica holds the coordinator role (it welcomes the devices)."""
+        ...
+
+
 class Inbox:
     def __init__(
         self,
@@ -73,6 +86,7 @@ class Inbox:
         model: ModelInfo,
         batch_size: int,
         max_payload_bytes: int,
+        cluster: ClusterTraffic | None = None,
     ) -> None:
         self.session = session
         self.topics = topics
@@ -84,10 +98,13 @@ class Inbox:
         self.model = model
         self.batch_size = batch_size
         self.max_payload_bytes = max_payload_bytes
+        self.cluster = cluster
 
     async def dispatch(self, link: Link) -> None:
         """Read and handle every message until the link closes."""
         async for message in link.messages():
+            if self.cluster is not None and self.cluster.handle(message):
+                continue
             parsed = self.topics.parse_device_topic(message.topic)
             if parsed is None:
                 self.counters.add("rejected.unknown_topic")
@@ -120,19 +137,18 @@ class Inbox:
                 self.devices.take_telemetry(device_id, telemetry)
             elif channel is DeviceChannel.ACT:
                 parse_act = partial(parse_meta, ActivationMeta)
-                runner, act, frame = self._round_traffic(device_id, message, parse_act)
-                if runner is not None:
+                traffic = self._round_traffic(device_id, message, parse_act)
+                if traffic is not None:
+                    runner, act, frame = traffic
                     runner.deliver_activation(device_id, act, frame)
             elif channel is DeviceChannel.WEIGHTS:
-                runner, weights, frame = self._round_traffic(
-                    device_id, message, parse_weights_traffic
-                )
-                if runner is None:
+                uploaded = self._round_traffic(device_id, message, parse_weights_traffic)
+                if uploaded is None:
                     pass
-                elif isinstance(weights, WeightsResync):
-                    self.rounds.resync_weights(device_id, weights)
+                elif isinstance(uploaded[1], WeightsResync):
+                    self.rounds.resync_weights(device_id, uploaded[1])
                 else:
-                    runner.deliver_weights(device_id, weights, frame)
+                    uploaded[0].deliver_weights(device_id, uploaded[1], uploaded[2])
         except (SchemaError, CodecError) as exc:
             raise Rejected(exc.reason, exc.detail) from None
 
@@ -157,17 +173,23 @@ class Inbox:
 
     def _round_traffic(
         self, device_id: str, message: Message, parse: Callable[[object], T]
-    ) -> tuple[RoundRunner | None, T, Frame]:
-        """Decode a device's frame for a round; the runner is None if that round is closed."""
+    ) -> tuple[RoundRunner, T, Frame] | None:
+        """Decode a device's frame for a round in flight; None if that round is closed, the
+        frame belongs to another attempt of it (one repeated since), or to another replica's
+        device."""
         self.devices.registered(device_id)
+        runner = self.rounds.current
+        if self.cluster is not None and (runner is None or device_id not in runner.devices):
+            # Another replica serves this device: not ours to decode, let alone to refuse.
+            self.counters.add("others_traffic")
+            return None
         frame = decode_frame(message.payload, max_bytes=self.max_payload_bytes)
         meta = parse(frame.meta)
         _check_sender(device_id, meta.device_id)
-        runner = self.rounds.current
-        if runner is None or runner.round_no != meta.round:
-            # Late traffic of a closed round: discarded and counted, never applied.
+        if runner is None or runner.is_stale(meta):
+            # Late traffic of a closed round or attempt: discarded and counted, never applied.
             self.counters.add("stale_messages")
-            return None, meta, frame
+            return None
         return runner, meta, frame
 
     def _on_hello(self, device_id: str, hello: Hello) -> None:
@@ -182,6 +204,8 @@ class Inbox:
             # A new agent process has lost the round's state: it leaves the round now.
             runner.drop(device_id, "device restarted mid-round")
         log.info("device %s registered (%d samples)", device_id, hello.samples)
+        if self.cluster is not None and not self.cluster.coordinating:
+            return  # every replica registers the device; the coordinator welcomes it
         welcome = Welcome(
             session=self.session, device_id=device_id, model=model, batch_size=self.batch_size
         )

@@ -32,6 +32,7 @@ from schemas import (
     TrainConfig,
     WeightsMeta,
 )
+from schemas.messages import RoundTraffic
 from splitnn.models import ModelSpec, cut_shapes, num_blocks
 from splitnn.partition import merge_states, split_state
 from splitnn.tensors import arrays_to_state, state_to_arrays
@@ -166,9 +167,14 @@ class RoundRunner:
         global_state: dict[str, torch.Tensor],
         plan: dict[str, tuple[int, TrainConfig]],  # device id -> (cut, training config)
         parts: Parts | None = None,  # prepare_parts(...) done beforehand (off the loop)
+        *,
+        attempt: int = 0,
     ) -> None:
+        """``attempt``: which start of round ``round_no`` this is (a round repeated for the
+        devices of an edge replica that died); traffic of any other attempt is stale."""
         self.ctx = ctx
         self.round_no = round_no
+        self.attempt = attempt
         if parts is None:
             parts = prepare_parts(ctx, round_no, global_state, plan)
         self.devices: dict[str, DeviceRound] = {
@@ -206,7 +212,13 @@ class RoundRunner:
         )
         await asyncio.wait([d.result for d in late], timeout=self.ctx.close_grace_s)
 
+    def is_stale(self, meta: RoundTraffic) -> bool:
+        """Traffic of another round, or of another attempt of this one: never applied."""
+        return (meta.round, meta.attempt) != (self.round_no, self.attempt)
+
     def deliver_activation(self, device_id: str, meta: ActivationMeta, frame: Frame) -> None:
+        if self._dropped_stale(meta):
+            return
         device = self._running(device_id)
         if device.session is None:
             raise Rejected("bad_cut", "this device trains the whole model; no activations")
@@ -214,6 +226,8 @@ class RoundRunner:
 
     def deliver_weights(self, device_id: str, meta: WeightsMeta, frame: Frame) -> None:
         """Validate a device's uploaded part and complete its round."""
+        if self._dropped_stale(meta):
+            return
         device = self._running(device_id)
         if meta.cut != device.cut:
             raise Rejected("bad_cut", f"weights for cut {meta.cut}, expected {device.cut}")
@@ -281,6 +295,14 @@ class RoundRunner:
         device = self.devices.get(device_id)
         if device is not None:
             self._finish(device, status, detail)
+
+    def _dropped_stale(self, meta: RoundTraffic) -> bool:
+        """Stale traffic is counted and dropped, not refused: its sender did nothing wrong
+        (the inbox filters it before it gets here; this keeps the runner safe without it)."""
+        if not self.is_stale(meta):
+            return False
+        self.ctx.counters.add("stale_messages")
+        return True
 
     def _running(self, device_id: str) -> DeviceRound:
         device = self.devices.get(device_id)

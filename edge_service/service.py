@@ -21,6 +21,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,6 +46,9 @@ from schemas.topics import DEVICE_TO_EDGE
 from splitnn.exits import check_positions
 from splitnn.models import ModelSpec
 from transport import Connect, LastWill, LinkError, mqtt_connector
+
+if TYPE_CHECKING:
+    from edge_service.cluster.member import ClusterMember
 
 log = logging.getLogger(__name__)
 SHUTDOWN_NOTICE_S = 3.0  # how long a stopping edge spends telling the devices
@@ -84,6 +88,7 @@ class EdgeService:
         self.executor: ThreadPoolExecutor | None = None  # the compute thread pool
         self.driver: RoundDriver | None = None
         self.inbox: Inbox | None = None
+        self.cluster: ClusterMember | None = None  # a replica among several (settings.replica)
         self._dispatcher: asyncio.Task[None] | None = None
 
     # --- start-up -------------------------------------------------------------------------------
@@ -120,7 +125,22 @@ class EdgeService:
             timeout_s=self.settings.liveness_timeout_s,
             on_evicted=self.driver.evicted,
         )
+        if self.settings.replica is not None:
+            from edge_service.cluster.coordinator import coordinate
+            from edge_service.cluster.member import ClusterMember
+
+            self.cluster = ClusterMember(
+                session=self.session,
+                settings=self.settings,
+                topics=self.topics,
+                run=state,
+                driver=self.driver,
+                outbox=self.outbox,
+                counters=self.counters,
+                coordinate=coordinate,
+            )
         self.inbox = Inbox(
+            cluster=self.cluster,
             session=self.session,
             topics=self.topics,
             counters=self.counters,
@@ -143,9 +163,11 @@ class EdgeService:
         state.started = time.perf_counter()
         subscriptions = [(self.topics.all_devices(ch), 1) for ch in DEVICE_TO_EDGE]
         will = LastWill(self.topics.edge_status, to_json(self.edge_status("stopped")))
-        link = self._connect(
-            self.settings.client_id, subscriptions, will=will, on_connect=self._on_connect
-        )
+        cluster = self.cluster
+        if cluster is not None:
+            subscriptions.append((self.topics.cluster_all, 1))
+            will = cluster.will()  # the edge status is the coordinator's, whoever holds it
+        link = self._connect(self.client_id, subscriptions, will=will, on_connect=self._on_connect)
         self.outbox.link = link  # before connecting: on_connect publishes through it
         with frozen_heap(), self._executor:
             async with self.loop_lag, link, self._metrics_endpoint(), asyncio.TaskGroup() as tasks:
@@ -153,12 +175,16 @@ class EdgeService:
                 self._dispatcher = dispatcher
                 self.ready.set()
                 try:
-                    await self._driver.train()
-                    await self._publish_status("finished")
-                    if self.settings.finish_devices:
-                        await self._finish_devices("training finished")
-                    if self.settings.artifact is not None:
-                        await self._write_artifact(self.settings.artifact)
+                    if cluster is None:
+                        await self._driver.train()
+                    else:
+                        await cluster.run()
+                    if cluster is None or cluster.coordinated:  # a replica leaves the rest
+                        await self._publish_status("finished")
+                        if self.settings.finish_devices:
+                            await self._finish_devices("training finished")
+                        if self.settings.artifact is not None:
+                            await self._write_artifact(self.settings.artifact)
                 except asyncio.CancelledError:
                     # SIGTERM: the round in flight is abandoned (the checkpoint holds the last
                     # finished one); tell the devices, within a bound, then go.
@@ -174,13 +200,25 @@ class EdgeService:
         state.write_report()
         return state.report
 
+    @property
+    def client_id(self) -> str:
+        """Each replica needs its own MQTT client id (the broker drops a duplicate's session)."""
+        s = self.settings
+        if s.replica is not None and s.client_id == EdgeSettings.model_fields["client_id"].default:
+            return f"{s.client_id}-{s.replica}"
+        return s.client_id
+
     async def _on_connect(self) -> None:
-        """On every (re)connect: tell everyone which edge session is live."""
-        # Not _publish_status: a reconnect is no progress of the main task (health_problem).
-        state: EdgeState = "waiting" if self.round_no == 0 else "training"
-        await self.outbox.publish_informative(
-            self.topics.edge_status, to_json(self.edge_status(state))
-        )
+        """On every (re)connect: tell everyone which edge session is live (in a cluster, the
+        coordinator does; every replica says it is up)."""
+        if self.cluster is not None:
+            await self.cluster.on_connect()
+        if self.cluster is None or self.cluster.coordinating:
+            # Not _publish_status: a reconnect is no progress of the main task (health_problem).
+            state: EdgeState = "waiting" if self.round_no == 0 else "training"
+            await self.outbox.publish_informative(
+                self.topics.edge_status, to_json(self.edge_status(state))
+            )
         await self._driver.resend_in_flight()
 
     async def _write_artifact(self, path: Path) -> None:
@@ -257,6 +295,8 @@ class EdgeService:
 
     async def _publish_status(self, state: EdgeState, evaluation: Evaluation | None = None) -> None:
         self.progress_at = time.monotonic()  # the main task announces every phase change here
+        if self.cluster is not None and not self.cluster.coordinating and state != "finished":
+            return  # the edge status is the coordinator's
         status = to_json(self.edge_status(state, evaluation))
         await self.outbox.publish_informative(self.topics.edge_status, status)
 
@@ -307,7 +347,9 @@ class EdgeService:
         if self._dispatcher is None or self._dispatcher.done():
             return "the message dispatcher has ended"
         stalled = time.monotonic() - self.progress_at
-        if stalled > self.stall_after_s:
+        # A replica that does not coordinate follows orders; its heartbeat shows it is alive.
+        coordinates = self.cluster is None or self.cluster.coordinating
+        if coordinates and stalled > self.stall_after_s:
             return f"no progress for {stalled:.0f} s"
         return None
 

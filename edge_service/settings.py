@@ -121,6 +121,23 @@ class EdgeSettings(ServiceSettings):
     fresh: bool = False
     finish_devices: bool = True  # tell the devices to stop when training is over
 
+    # Scale-out (edge_service.cluster): this process is the replica of that name, one of
+    # several ``ares edge`` processes on one core broker (None: the only edge). Its site is
+    # where it runs, for locality; its capacity, in batches per second, weighs its share of
+    # devices (equal replicas: leave 1). The coordinator's lease lapses after lease_s without
+    # renewal; a replica silent for replica_timeout_s is taken for dead.
+    replica: str | None = None
+    site: str | None = None
+    replica_capacity_bps: float = Field(default=1.0, gt=0)
+    lease_s: float = Field(default=3.0, gt=0)
+    replica_timeout_s: float = Field(default=3.0, gt=0)
+    cluster_heartbeat_s: float = Field(default=0.5, gt=0)
+
+    @field_validator("replica")
+    @classmethod
+    def _check_replica(cls, replica: str | None) -> str | None:
+        return None if replica is None else validate_device_id(replica)
+
     @field_validator("splits")
     @classmethod
     def _check_splits(cls, splits: dict[str, int]) -> dict[str, int]:

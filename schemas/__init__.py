@@ -1,5 +1,15 @@
 """The wire contract: topic names, message schemas and the tensor frame codec."""
 
+from schemas.cluster import (
+    CoordinatorLease,
+    DeviceOutcome,
+    GlobalModelMeta,
+    OrderEntry,
+    PartialMeta,
+    ReplicaName,
+    ReplicaStatus,
+    RoundOrder,
+)
 from schemas.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     SUPPORTED_DTYPES,
@@ -47,7 +57,14 @@ from schemas.messages import (
     wire_itemsize,
 )
 from schemas.quantization import QuantizedTensor, WireTensor, from_wire, to_wire, wire_format
-from schemas.topics import DEFAULT_PREFIX, DeviceChannel, Topics, validate_device_id
+from schemas.topics import (
+    DEFAULT_PREFIX,
+    ClusterChannel,
+    DeviceChannel,
+    Topics,
+    validate_device_id,
+    validate_replica_name,
+)
 from schemas.weight_delta import WeightWire
 
 __all__ = [
@@ -57,26 +74,35 @@ __all__ = [
     "PROTOCOL_VERSIONS",
     "SUPPORTED_DTYPES",
     "ActivationMeta",
+    "ClusterChannel",
     "CodecError",
     "ComputeProfile",
+    "CoordinatorLease",
     "CtrlMessage",
     "DeviceChannel",
+    "DeviceOutcome",
     "DevicePlanEntry",
     "DeviceStatus",
     "EdgeStatus",
     "ErrorReport",
     "Finish",
     "Frame",
+    "GlobalModelMeta",
     "GradientMeta",
     "Hello",
     "ModelInfo",
+    "OrderEntry",
+    "PartialMeta",
     "Ping",
     "PlanMessage",
     "PowerFigures",
     "ProtocolVersion",
     "QuantizedTensor",
+    "ReplicaName",
+    "ReplicaStatus",
     "RoundAbort",
     "RoundClose",
+    "RoundOrder",
     "RoundStart",
     "SchemaError",
     "Telemetry",
@@ -101,6 +127,7 @@ __all__ = [
     "to_wire",
     "usable_wire_dtype",
     "validate_device_id",
+    "validate_replica_name",
     "wire_format",
     "wire_itemsize",
 ]

@@ -131,8 +131,10 @@ class ComputeProfile(WireModel):
     codec_s_per_mb: dict[WireDtype, Seconds] | None = None
 
 
-class Hello(WireModel):
+class Hello(WithLaterFields):
     """Registration, sent on connect and whenever the edge's session changes."""
+
+    LATER_FIELDS = ("site",)
 
     kind: Literal["hello"] = "hello"
     device_id: DeviceId
@@ -157,6 +159,9 @@ class Hello(WireModel):
     uplink_bps: BitRate | None = None
     downlink_bps: BitRate | None = None
     allowed_cuts: tuple[Annotated[int, Field(ge=1)], ...] | None = None  # None: any cut
+    # Where it is (a site broker's name): with several edge replicas, one at the same site
+    # serves it while that keeps the load even (edge_service.assignment).
+    site: str | None = None
 
 
 class DeviceStatus(WireModel):
@@ -291,9 +296,13 @@ class RoundStart(WithLaterFields):
 
     With ``weights_base``, its quantised tensors are deltas against the start of that round
     that the device holds (it uploaded its part of it in this session): schemas.weight_delta.
-    A device that does not hold it answers with a ``WeightsResync`` and gets them in full."""
+    A device that does not hold it answers with a ``WeightsResync`` and gets them in full.
 
-    LATER_FIELDS = ("weights_base",)
+    ``attempt``: a round may be started more than once (another edge replica repeats it for
+    the devices of one that died); a device takes a newer attempt's start as a new round and
+    tags its traffic with it, and the edge never applies traffic of an older attempt."""
+
+    LATER_FIELDS = ("weights_base", "attempt")
 
     kind: Literal["round_start"] = "round_start"
     session: str
@@ -303,21 +312,31 @@ class RoundStart(WithLaterFields):
     train: TrainConfig
     deadline_s: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     weights_base: RoundNo | None = None
+    attempt: Count = 0
 
 
-class RoundAbort(WireModel):
+class RoundAbort(WithLaterFields):
+    """Gives up the round; only its ``attempt`` of it (an older attempt's abort is stale)."""
+
+    LATER_FIELDS = ("attempt",)
+
     kind: Literal["round_abort"] = "round_abort"
     session: str
     round: RoundNo
     reason: str
+    attempt: Count = 0
 
 
-class RoundClose(WireModel):
-    """The round's deadline passed: stop after the current batch and upload what you have."""
+class RoundClose(WithLaterFields):
+    """The round's deadline passed: stop after the current batch and upload what you have.
+    Only its ``attempt`` of the round is closed."""
+
+    LATER_FIELDS = ("attempt",)
 
     kind: Literal["round_close"] = "round_close"
     session: str
     round: RoundNo
+    attempt: Count = 0
 
 
 class Ping(WireModel):
@@ -347,11 +366,15 @@ CtrlMessage = Annotated[
 # --- training traffic (frame meta) -------------------------------------------------------------
 
 
-class RoundTraffic(WireModel):
-    """What every device-to-edge frame of a round carries: who sent it, for which round."""
+class RoundTraffic(WithLaterFields):
+    """What every device-to-edge frame of a round carries: who sent it, for which round and
+    which attempt of it (its round start's: the edge drops an older attempt's traffic)."""
+
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("attempt",)  # subclasses add theirs
 
     device_id: DeviceId
     round: RoundNo
+    attempt: Count = 0
 
 
 class ActivationMeta(RoundTraffic):
@@ -372,11 +395,11 @@ class GradientMeta(WireModel):
     server_s: Seconds  # the edge's time for this batch, from receipt to reply (queue included)
 
 
-class WeightsMeta(RoundTraffic, WithLaterFields):
+class WeightsMeta(RoundTraffic):
     """Tensors: the device part's state dict after the round. With ``weights_base`` (this
     round), its quantised tensors are deltas against the round's start (schemas.weight_delta)."""
 
-    LATER_FIELDS = ("weights_base",)
+    LATER_FIELDS = (*RoundTraffic.LATER_FIELDS, "weights_base")
 
     kind: Literal["weights"] = "weights"
     cut: Annotated[int, Field(ge=1)]

@@ -8,8 +8,10 @@ Layout (prefix configurable, default ``ares/v1``)::
     {prefix}/serve/status         serving edge -> all   JSON, retained
     {prefix}/serve/plan           serving edge -> all   JSON, retained
     {prefix}/dev/{id}/serve/...   per-device serving subtree, see ServeChannel
+    {prefix}/cluster/...          edge replica <-> edge replica, see ClusterChannel
 
-Per-device subtrees let a broker ACL confine each device to ``{prefix}/dev/%u/#``.
+Per-device subtrees let a broker ACL confine each device to ``{prefix}/dev/%u/#``. The
+cluster's topics live on the core broker only: no site bridge forwards them (broker.bridge).
 """
 
 from __future__ import annotations
@@ -74,6 +76,21 @@ SERVE_DEVICE_WRITES = (
 SERVE_DEVICE_READS = (ServeChannel.REQUEST, ServeChannel.RESULT, ServeChannel.CTRL)
 
 
+class ClusterChannel(StrEnum):
+    """The level under ``{prefix}/cluster/`` of a message between edge replicas; REPLICA and
+    PARTIAL take the replica's name as one more level. The comment says who publishes it."""
+
+    REPLICA = "replica"  # each replica -> all: its status, retained, its will (JSON)
+    LEASE = "lease"  # the coordinator -> all: who holds the role, retained (JSON)
+    ORDER = "order"  # the coordinator -> all: the round's devices per replica, retained (JSON)
+    PARTIAL = "partial"  # each replica -> the coordinator: its share of a round (msgpack frame)
+    MODEL = "model"  # the coordinator -> all: the global model, retained (msgpack frame)
+    REPORT = "report"  # the coordinator -> all: the run report so far, retained (JSON)
+
+
+_NAMED_CLUSTER_CHANNELS = (ClusterChannel.REPLICA, ClusterChannel.PARTIAL)
+
+
 def validate_device_id(device_id: str) -> str:
     """Return ``device_id`` or raise ValueError if it cannot be a topic level."""
     if not DEVICE_ID_PATTERN.fullmatch(device_id):
@@ -82,6 +99,16 @@ def validate_device_id(device_id: str) -> str:
             "starting with a letter or digit"
         )
     return device_id
+
+
+def validate_replica_name(name: str) -> str:
+    """Return ``name`` or raise ValueError: a replica's name is a topic level, like a device id."""
+    if not DEVICE_ID_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"invalid edge replica name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,3 +172,49 @@ class Topics:
             return device_id, ServeChannel(channel)
         except ValueError:
             return None
+
+    # --- between edge replicas (core broker only) ---------------------------------------------
+
+    @property
+    def cluster_all(self) -> str:
+        """Subscription filter for every cluster message."""
+        return f"{self.prefix}/cluster/#"
+
+    def cluster_replica(self, name: str) -> str:
+        return f"{self.prefix}/cluster/{ClusterChannel.REPLICA}/{validate_replica_name(name)}"
+
+    @property
+    def cluster_lease(self) -> str:
+        return f"{self.prefix}/cluster/{ClusterChannel.LEASE}"
+
+    @property
+    def cluster_order(self) -> str:
+        return f"{self.prefix}/cluster/{ClusterChannel.ORDER}"
+
+    def cluster_partial(self, name: str) -> str:
+        return f"{self.prefix}/cluster/{ClusterChannel.PARTIAL}/{validate_replica_name(name)}"
+
+    @property
+    def cluster_model(self) -> str:
+        return f"{self.prefix}/cluster/{ClusterChannel.MODEL}"
+
+    @property
+    def cluster_report(self) -> str:
+        return f"{self.prefix}/cluster/{ClusterChannel.REPORT}"
+
+    def parse_cluster_topic(self, topic: str) -> tuple[ClusterChannel, str | None] | None:
+        """Split ``{prefix}/cluster/{channel}[/{name}]``: the replica's name for REPLICA and
+        PARTIAL, None for the others; None for anything else."""
+        head = f"{self.prefix}/cluster/"
+        if not topic.startswith(head):
+            return None
+        levels = topic[len(head) :].split("/")
+        try:
+            channel = ClusterChannel(levels[0])
+        except ValueError:
+            return None
+        if channel in _NAMED_CLUSTER_CHANNELS:
+            if len(levels) != 2 or not DEVICE_ID_PATTERN.fullmatch(levels[1]):
+                return None
+            return channel, levels[1]
+        return (channel, None) if len(levels) == 1 else None
