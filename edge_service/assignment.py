@@ -10,8 +10,18 @@ Rules, in order:
    ``slack`` of an even share of all the load (so a site's traffic stays on its site's replica
    unless that replica would be clearly busier), else on the replica whose load relative to its
    capacity would stay lowest.
-3. A replica over ``1 + slack`` times the mean relative load sheds its lightest devices to the
-   least loaded replica while that lowers the larger of the two loads.
+3. While a replica is over ``1 + slack`` times the mean relative load (the busiest first), it
+   sheds its lightest device to the replica where that device would leave the lowest relative
+   load, as long as that lowers the larger of the two loads (a move that only swaps which replica
+   is busiest costs a session for nothing).
+
+What this guarantees: a replica left over ``1 + slack`` times the mean cannot shed even its
+lightest device, so (summing that over the other replicas, weighted by capacity) its relative load
+is at most ``mean + (replicas - 1) * lightest / total capacity``. Every replica thus ends within
+the larger of ``(1 + slack) * mean`` and ``mean + (replicas - 1) * heaviest / total capacity``.
+The slack alone is not promised: 4 equal devices stay on a replica of capacity 4 (at 1.75 times
+the mean) beside three idle replicas of capacity 1, as moving one would leave its new replica
+just as busy.
 
 Load is what a device asks of the edge per round (its batches, from its samples); capacity what
 a replica can serve (its measured batches per second, or 1 for equal replicas).
@@ -19,6 +29,7 @@ a replica can serve (its measured batches per second, or 1 for equal replicas).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -115,24 +126,64 @@ def _rebalance(
     weight: Mapping[str, float],
     slack: float,
 ) -> None:
+    # Per replica, its devices that a move could help (load > 0), lightest first.
+    movable: dict[str, list[tuple[float, str]]] = {r: [] for r in live}
+    for device_id, replica_id in replica_of.items():
+        if weight[device_id] > 0:
+            movable[replica_id].append((weight[device_id], device_id))
+    for devices in movable.values():
+        devices.sort()
+    ceiling = (1 + slack) * sum(load.values()) / sum(r.capacity for r in live.values())
+    # Each move lowers one relative load and raises another to below it, so the loads sorted
+    # from the top fall in lexicographic order: the loop ends.
+    while move := _next_move(live, load, movable, ceiling):
+        index, busy, idle = move
+        entry = movable[busy].pop(index)
+        bisect.insort(movable[idle], entry)
+        _, device_id = entry
+        load[busy] -= weight[device_id]
+        load[idle] += weight[device_id]
+        replica_of[device_id] = idle
+        reasons[device_id] = f"moved from {busy}, over {1 + slack:g}x the mean load"
+
+
+def _next_move(
+    live: Mapping[str, ReplicaInfo],
+    load: Mapping[str, float],
+    movable: Mapping[str, Sequence[tuple[float, str]]],
+    ceiling: float,
+) -> tuple[int, str, str] | None:
+    """The busiest replica over the ceiling that can shed its lightest device (its index in
+    ``movable``), and where to."""
+
     def relative(replica_id: str) -> float:
         return load[replica_id] / live[replica_id].capacity
 
-    mean = sum(load.values()) / sum(r.capacity for r in live.values())
-    for busy in sorted(live, key=lambda r: -relative(r)):
-        mine = sorted((d for d, r in replica_of.items() if r == busy), key=lambda d: (weight[d], d))
-        for device_id in mine:
-            if relative(busy) <= (1 + slack) * mean:
-                break
-            idle = min(live, key=lambda r: (relative(r), r))
-            after_idle = (load[idle] + weight[device_id]) / live[idle].capacity
-            after_busy = relative(busy) - weight[device_id] / live[busy].capacity
-            if idle == busy or max(after_idle, after_busy) >= relative(busy):
-                continue  # moving this one would not lower the larger of the two loads
-            load[busy] -= weight[device_id]
-            load[idle] += weight[device_id]
-            replica_of[device_id] = idle
-            reasons[device_id] = f"moved from {busy}, over {1 + slack:g}x the mean load"
+    for busy in sorted(live, key=lambda r: (-relative(r), r)):
+        if relative(busy) <= ceiling:
+            return None  # and so are all the rest
+        # Skip the devices too light to change the busy load at all (in floating point): moving
+        # them gains nothing. The move is judged as it will leave the load (not relative(busy)
+        # - lightest / capacity, which may round differently) so that the loop ends.
+        index = next(
+            (
+                i
+                for i, (lightest, _) in enumerate(movable[busy])
+                if (load[busy] - lightest) / live[busy].capacity < relative(busy)
+            ),
+            None,
+        )
+        if index is None:
+            continue
+        lightest, _ = movable[busy][index]
+        after = {r: (load[r] + lightest) / live[r].capacity for r in live if r != busy}
+        if not after:
+            return None
+        # If this one cannot move, no heavier one can: it would land higher anywhere.
+        idle = min(after, key=lambda r: (after[r], r))
+        if after[idle] < relative(busy):
+            return index, busy, idle
+    return None
 
 
 def _check(devices: Sequence[DeviceLoad], replicas: Sequence[ReplicaInfo], slack: float) -> None:

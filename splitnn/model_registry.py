@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _builtins_loaded = False
+_builtins_lock = threading.Lock()
 
 
 def register_model(
@@ -155,6 +157,11 @@ def _calling(path: str, factory: Callable[..., Any]) -> BlockBuilder:
 
 def _load_builtins() -> None:
     global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        importlib.import_module("splitnn.architectures")
+    if _builtins_loaded:
+        return
+    # Devices check the edge's model in worker threads: a second thread must wait for the
+    # first one's import, not find the flag set and the registry still empty.
+    with _builtins_lock:
+        if not _builtins_loaded:
+            importlib.import_module("splitnn.architectures")
+            _builtins_loaded = True

@@ -188,15 +188,17 @@ class Coordinator:
         limit_s: float,
         total: FedAvgSum,
     ) -> list[DeviceResult]:
-        """The shares of ``order`` until each replica in ``waiting`` gave one (it leaves
-        ``waiting``), died, or ``limit_s`` passed; their results."""
+        """The shares of ``order`` until each live replica in ``waiting`` gave one (it leaves
+        ``waiting``) or ``limit_s`` passed; their results. A replica that died stays in
+        ``waiting`` unless its share made it out before it did: the others finish first (a
+        make-up order now would replace the order they are serving)."""
         member, view = self.member, self.member.view
         results: list[DeviceResult] = []
         deadline = time.monotonic() + limit_s
         while waiting:
             alive = member.book.alive(time.monotonic())
-            if any(r not in alive for r in waiting):
-                break  # a replica is gone: its devices go elsewhere now, not at the deadline
+            if not any(r in alive for r in waiting):
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from edge_service.assignment import (
@@ -71,6 +71,36 @@ def test_capacity_weighs_the_share() -> None:
     assert len(placement.devices_of("big")) == 6
 
 
+def test_an_overloaded_replica_sheds_to_where_the_device_lands_lowest() -> None:
+    # Every other replica is idle, but only the one of capacity 2 takes a device for less than
+    # the busy replica's load: shedding must weigh capacity, not pick the first idle replica.
+    devices = _devices(2)
+    replicas = [ReplicaInfo("r0"), ReplicaInfo("r1"), ReplicaInfo("r2", capacity=2)]
+    replicas.append(ReplicaInfo("r3", capacity=2))
+    placement = assign_devices(devices, replicas, {d.device_id: "r2" for d in devices})
+    assert placement.devices_of("r2") == ("dev-1",)
+    assert placement.devices_of("r3") == ("dev-0",)
+    assert placement.reasons["dev-0"] == "moved from r2, over 1.25x the mean load"
+
+
+def test_a_move_that_would_not_lower_the_busiest_load_is_not_made() -> None:
+    # At 1.75x the mean, but any one device moved leaves a capacity-1 replica just as busy.
+    devices = _devices(4)
+    replicas = [ReplicaInfo("big", capacity=4), *(ReplicaInfo(f"small{i}") for i in range(3))]
+    placement = assign_devices(devices, replicas, {d.device_id: "big" for d in devices})
+    assert len(placement.devices_of("big")) == 4
+    assert set(placement.reasons.values()) == {"stays with its replica"}
+
+
+def test_a_device_too_light_to_matter_does_not_stop_the_shedding() -> None:
+    # Moving the speck would not change r1's load in floating point; the next lightest still goes.
+    devices = [DeviceLoad("speck", load=1e-20), *_devices(4)]
+    previous = {d.device_id: "r1" for d in devices}
+    placement = assign_devices(devices, [ReplicaInfo("r1"), ReplicaInfo("r2")], previous)
+    assert placement.devices_of("r1") == ("dev-2", "dev-3", "speck")
+    assert placement.devices_of("r2") == ("dev-0", "dev-1")
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     loads=st.lists(st.floats(0.0, 10.0), min_size=0, max_size=30),
@@ -78,6 +108,15 @@ def test_capacity_weighs_the_share() -> None:
     capacities=st.lists(st.floats(0.5, 4.0), min_size=1, max_size=4),
     previous_of=st.lists(st.integers(0, 5), min_size=30, max_size=30),
 )
+# Found by Hypothesis: r2 (capacity 2) kept both devices, as shedding tried only r0 (capacity 1).
+@example(
+    loads=[0.0, 1.0, 0.0, 1.0],
+    sites=["a"] * 30,
+    capacities=[1.0, 1.0, 2.0, 2.0],
+    previous_of=[0, 2, 0, 2] + [0] * 26,
+)
+# The bound's second term at equality: no move lowers the busiest load of 1.0 = 4/7 + 3 * 1/7.
+@example(loads=[1.0] * 4, sites=["a"] * 30, capacities=[4.0, 1.0, 1.0, 1.0], previous_of=[0] * 30)
 def test_every_device_gets_one_live_replica_and_no_replica_is_far_over_its_share(
     loads: list[float], sites: list[str | None], capacities: list[float], previous_of: list[int]
 ) -> None:
@@ -92,12 +131,14 @@ def test_every_device_gets_one_live_replica_and_no_replica_is_far_over_its_share
     if total > 0:
         mean = total / sum(capacities)
         heaviest = max(loads)
+        # Within the slack of the mean, or else only as far over the mean as a replica that
+        # cannot shed even one device can be (the module docstring derives this bound).
+        bound = max(1.25 * mean, mean + (len(replicas) - 1) * heaviest / sum(capacities))
         for replica in replicas:
             share = sum(
                 d.load for d in devices if placement.replica_of[d.device_id] == replica.replica_id
             )
-            # Within the slack of the mean, give or take the one device that could not move.
-            assert share / replica.capacity <= 1.25 * mean + heaviest / replica.capacity + 1e-9
+            assert share / replica.capacity <= bound * (1 + 1e-9) + 1e-12
 
 
 def test_bad_inputs_are_refused() -> None:
