@@ -138,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir", type=Path, help="where logs and the report go (default: a new one in runs/)"
     )
     demo.add_argument("--timeout", type=float, default=1800.0, help="give up after this many s")
+    scale_out = demo.add_argument_group(
+        "scale-out", "one run served by several edge replicas (docs/architecture.md, Scale-out)"
+    )
+    scale_out.add_argument(
+        "--edges", type=int, help="edge replicas edge-1, edge-2, ... (default: one edge)"
+    )
+    scale_out.add_argument(
+        "--sites",
+        type=int,
+        help="site brokers site-1, site-2, ... bridged to a core broker where the replicas "
+        "run; the devices are dealt round the sites, replica K runs at site K "
+        "(default: one broker)",
+    )
     demo.set_defaults(handler=_demo)
 
     edge = sub.add_parser("edge", help="run the edge service")
@@ -457,6 +470,10 @@ def _edge(args: argparse.Namespace) -> int:
     except TimeoutError as exc:  # too few devices registered
         log.error("%s", exc)
         return 1
+    if settings.replica is not None and not report.rounds:  # another replica coordinated
+        log.info("replica %s done: %d batch steps served in %.1f s", settings.replica,
+                 report.counters.get("batches", 0), report.wall_s)  # fmt: skip
+        return 0
     log.info("finished: final accuracy %s in %.1f s", report.final_accuracy, report.wall_s)
     return 0
 
@@ -543,6 +560,11 @@ def _demo(args: argparse.Namespace) -> int:
     from ares.demo import run_demo
     from ares.demo_command import demo_options
 
+    if args.edges is not None or args.sites is not None:
+        from ares.cluster_demo import run_cluster_demo
+        from ares.demo_command import cluster_demo_options
+
+        return run_cluster_demo(cluster_demo_options(args))
     return run_demo(demo_options(args))  # every setting is checked before anything starts
 
 

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -70,14 +70,15 @@ class DemoOptions:
     # Where the edge writes the trained model with its early exits, for ares serve; None: nowhere.
     artifact: Path | None = None
 
-    def edge_argv(self) -> list[str]:
-        """The edge's ``ares`` arguments (the broker's URL comes in ARES_MQTT__URL)."""
+    def edge_argv(self, name: str = "edge", report: Path | None = None) -> list[str]:
+        """The edge's ``ares`` arguments (the broker's URL comes in ARES_MQTT__URL); ``name``
+        and ``report``: one edge replica's, whose checkpoint and report are its own."""
         config = ["--config", str(self.config)] if self.config is not None else []
         artifact = ["--artifact", str(self.artifact)] if self.artifact is not None else []
         return [
             "edge", *config, "--rounds", str(self.rounds), "--min-devices", str(len(self.devices)),
-            "--report", str(self.report), "--checkpoint", str(self.run_dir / "edge.ckpt"),
-            *artifact, *self.edge_flags,
+            "--report", str(report or self.report),
+            "--checkpoint", str(self.run_dir / f"{name}.ckpt"), *artifact, *self.edge_flags,
         ]  # fmt: skip
 
     def device_argv(self, device: DeviceLaunch, link: Sequence[str] = ()) -> list[str]:
@@ -187,13 +188,17 @@ def run_demo(options: DemoOptions) -> int:
         print(f"ares demo: {result.problem}; see {options.run_dir}/edge.log")
         print(_tail(options.run_dir / "edge.log"), file=sys.stderr)
         return 1
-    report = RunReport.model_validate(result.report)
+    print_outcome(RunReport.model_validate(result.report), result.wall_s, options)
+    return 0
+
+
+def print_outcome(report: RunReport, wall_s: float, options: DemoOptions) -> None:
+    """The per-round table, the final accuracy, and where the report and the model are."""
     print_table(report)
-    print(f"final accuracy {report.final_accuracy:.4f}; wall time {result.wall_s:.1f} s; "
+    print(f"final accuracy {report.final_accuracy:.4f}; wall time {wall_s:.1f} s; "
           f"report {options.report}")  # fmt: skip
     if options.artifact is not None and options.artifact.exists():
         print(f"trained model with early exits {options.artifact} (ares serve --artifact ...)")
-    return 0
 
 
 def run_once(options: DemoOptions) -> RunResult:
@@ -525,10 +530,11 @@ class _Processes:
     def poll(self, name: str) -> int | None:
         return self._procs[name].poll()
 
-    def failed_devices(self) -> Iterator[str]:
+    def failed_devices(self, services: Collection[str] = ("edge",)) -> Iterator[str]:
+        """Each process not among ``services`` that failed since the last call."""
         for name, proc in self._procs.items():
             code = proc.poll()
-            if name != "edge" and code not in (None, 0) and name not in self._reported:
+            if name not in services and code not in (None, 0) and name not in self._reported:
                 self._reported.add(name)
                 yield name
 

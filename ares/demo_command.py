@@ -23,6 +23,7 @@ from schemas.config_file import SettingsError, config_file_path, ignoring_config
 from testbed.scenario import Scenario, load_scenario
 
 if TYPE_CHECKING:
+    from ares.cluster_demo import ClusterDemo
     from edge_service import EdgeSettings
 
 # The demo's own defaults where they differ from the edge's, or are not settings at all.
@@ -106,6 +107,46 @@ def demo_options(args: argparse.Namespace) -> DemoOptions:
     )
     check_before_start(options)
     return options
+
+
+def cluster_demo_options(args: argparse.Namespace) -> ClusterDemo:
+    """``ares demo --edges/--sites``: the run ``args`` ask for, checked as :func:`demo_options`
+    checks one edge's, and the replicas' and the devices' settings with their sites."""
+    from ares.cluster_demo import ClusterDemo, ClusterLayout, with_sites
+
+    if args.scenario:
+        raise ValueError("--edges and --sites do not combine with --scenario yet")
+    devices = args.devices if args.devices is not None else DEMO_DEFAULTS["devices"]
+    if devices < 1:  # before the layout's checks, which count them
+        raise ValueError(f"--devices must be at least 1, got {devices}")
+    layout = ClusterLayout.from_flags(args.edges, args.sites, devices)
+    options = demo_options(args)
+    if options.broker is not None:
+        raise ValueError(
+            "--edges and --sites start their own brokers: leave out --broker (and "
+            "ARES_MQTT__URL or the config file's [mqtt] url)"
+        )
+    demo = ClusterDemo(with_sites(options, layout), layout)
+    check_cluster_before_start(demo)
+    return demo
+
+
+def check_cluster_before_start(demo: ClusterDemo) -> None:
+    """As :func:`check_before_start`, for each replica and each device with its site."""
+    from ares.cli import build_parser, device_settings, edge_settings
+
+    parser = build_parser()
+    for replica in demo.layout.replicas:
+        try:
+            edge_settings(parser.parse_args(demo.replica_argv(replica)))
+        except SettingsError as exc:
+            raise SettingsError(f"replica {replica}: {exc}") from None
+    for device in demo.options.devices:
+        try:
+            with ignoring_config_env():
+                device_settings(parser.parse_args(demo.options.device_argv(device)))
+        except SettingsError as exc:
+            raise SettingsError(f"device {device.device_id}: {exc}") from None
 
 
 def _check_flags(args: argparse.Namespace) -> None:

@@ -311,9 +311,7 @@ class RoundDriver:
         self.learn_from(planned, results)
         average = None
         if total.parts:
-            average = await asyncio.get_running_loop().run_in_executor(
-                self.executor, total.average
-            )
+            average = await asyncio.get_running_loop().run_in_executor(self.executor, total.average)
         return planned.plan, results, average
 
     async def plan_round(self, round_no: int) -> PlannedRound:

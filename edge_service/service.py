@@ -185,6 +185,8 @@ class EdgeService:
                             await self._finish_devices("training finished")
                         if self.settings.artifact is not None:
                             await self._write_artifact(self.settings.artifact)
+                        if cluster is not None:
+                            await cluster.clear_retained()  # the next run starts afresh
                 except asyncio.CancelledError:
                     # SIGTERM: the round in flight is abandoned (the checkpoint holds the last
                     # finished one); tell the devices, within a bound, then go.
@@ -193,6 +195,11 @@ class EdgeService:
                             await self._stopping()
                     raise
                 finally:
+                    if cluster is not None:
+                        # A clean disconnect sends no will: say it, so no one waits for us.
+                        with contextlib.suppress(TimeoutError, LinkError):
+                            async with asyncio.timeout(SHUTDOWN_NOTICE_S):
+                                await cluster.announce("stopped")
                     dispatcher.cancel()
                     # Bounded: a stopping edge must exit promptly (SIGTERM), not wait out publishes.
                     await self.outbox.background.drain(SHUTDOWN_NOTICE_S)

@@ -21,6 +21,7 @@ from schemas.messages import (
     Count,
     DeviceId,
     DevicePlanEntry,
+    Hello,
     RoundNo,
     Seconds,
     TrainConfig,
@@ -72,6 +73,9 @@ class OrderEntry(WireModel):
     replica: ReplicaName
     plan: DevicePlanEntry  # the planner's entry: cut, wire format, predictions, reason
     train: TrainConfig
+    # The device's registration, for a replica that may not have heard it (registration is
+    # not retained: a replica started after the device said hello); None when it has.
+    hello: Hello | None = None
 
 
 class RoundOrder(WireModel):

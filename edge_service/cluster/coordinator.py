@@ -26,7 +26,7 @@ from edge_service.cluster.shares import decode_partial, encode_model, result_of
 from edge_service.driver import PlannedRound
 from edge_service.report import RunReport
 from edge_service.rounds import DeviceResult
-from schemas import to_json
+from schemas import Hello, to_json
 from schemas.cluster import GlobalModelMeta, OrderEntry, PartialMeta, RoundOrder
 from schemas.codec import Frame
 from schemas.messages import SchemaError
@@ -54,6 +54,8 @@ class Coordinator:
         self.settings = member.settings
         self.counters = member.counters
         self.previous: dict[str, str] = {}  # device -> replica, for sticky assignment
+        # device -> the replica session last ordered to serve it (it holds its registration)
+        self.introduced: dict[str, str] = {}
 
     async def run(self) -> None:
         driver, run, s = self.driver, self.run_state, self.settings
@@ -161,6 +163,7 @@ class Coordinator:
                         replica=placement.replica_of[d],
                         plan=planned.plan.devices[d],
                         train=planned.assignments[d][1],
+                        hello=self._introduction(d, alive[placement.replica_of[d]].session),
                     )
                     for d in sorted(pending)
                 },
@@ -246,6 +249,14 @@ class Coordinator:
         del waiting[meta.replica]
         self.counters.add("cluster.shares_merged")
         return [result_of(o) for o in meta.results]
+
+    def _introduction(self, device_id: str, replica_session: str) -> Hello | None:
+        """The device's hello for a replica process not yet ordered to serve it (it may have
+        started after the device registered); None for one that was."""
+        if self.introduced.get(device_id) == replica_session:
+            return None
+        self.introduced[device_id] = replica_session
+        return self.driver.devices[device_id].hello
 
     @staticmethod
     def _unserved(device_id: str, planned: PlannedRound, why: str) -> DeviceResult:

@@ -125,11 +125,19 @@ class ClusterMember:
         self.book.subscribed(time.monotonic())
         await self.announce()
 
-    async def announce(self) -> None:
-        """On every (re)connect and heartbeat."""
+    async def announce(self, state: ReplicaState = "up") -> None:
+        """On every (re)connect and heartbeat; "stopped" when leaving."""
         await self.outbox.publish_informative(
-            self.topics.cluster_replica(self.name), to_json(self.status())
+            self.topics.cluster_replica(self.name), to_json(self.status(state))
         )
+
+    async def clear_retained(self) -> None:
+        """At the run's end (the coordinator): the order, model, report and lease are
+        history; replicas started for the next run must not take them for its state."""
+        topics = self.topics
+        for topic in (topics.cluster_order, topics.cluster_model, topics.cluster_report,
+                      topics.cluster_lease):  # fmt: skip
+            await self.outbox.publish(topic, b"", retain=True)
 
     # --- reading the cluster --------------------------------------------------------------------
 
@@ -287,11 +295,13 @@ class ClusterMember:
                       order.round, order.base_round, MODEL_WAIT_S)  # fmt: skip
             self.counters.add("cluster.model_missing")
             return
+        for device_id, entry in mine.items():
+            # Registration is not retained: a replica that started after a device said hello
+            # learns it from the order (the coordinator sends it once per replica process).
+            if entry.hello is not None and self.driver.devices.get(device_id) is None:
+                self.driver.devices.register(device_id, entry.hello)
         unknown = [d for d in mine if self.driver.devices.get(d) is None]
         if unknown:
-            # Registration is not retained: a replica that started after these devices said
-            # hello has not heard them. Their part of the round is lost; the coordinator sees
-            # them dropped and they take part again from the next round at their replica.
             log.warning("round %d: devices %s never registered here", order.round, unknown)
         plan = {d: (e.plan.cut, e.train) for d, e in mine.items() if d not in unknown}
         log.info("round %d attempt %d: serving %d devices", order.round, order.attempt,

@@ -37,8 +37,7 @@ ROUNDS = 3
 
 def replica_settings(broker: LocalBroker, name: str | None, prefix: str, **changes: Any) -> Any:
     """A replica named ``name`` (None: the only edge) on the topics under ``prefix``."""
-    return edge_settings(
-        broker,
+    fields: dict[str, Any] = dict(
         mqtt=mqtt(broker, prefix=prefix),
         replica=name,
         rounds=ROUNDS,
@@ -46,8 +45,8 @@ def replica_settings(broker: LocalBroker, name: str | None, prefix: str, **chang
         split=2,
         batches_per_round=4,
         batch_size=16,
-        **changes,
     )
+    return edge_settings(broker, **{**fields, **changes})
 
 
 def agents(broker: LocalBroker, prefix: str) -> list[DeviceAgent]:
@@ -100,6 +99,35 @@ async def test_two_replicas_train_the_model_one_edge_trains(mosquitto):
         else:
             assert torch.equal(other, tensor), key
     assert report.final_accuracy == one.report.final_accuracy
+
+
+async def test_a_replica_started_later_serves_devices_it_never_heard(mosquitto):
+    """Registration is not retained: r2 starts after the devices said hello, and the
+    coordinator's order hands it their registrations with their rounds."""
+    first = EdgeService(replica_settings(mosquitto, "r1", "late", rounds=4))
+    second = EdgeService(replica_settings(mosquitto, "r2", "late", rounds=4))
+    await first.start_up()
+    await second.start_up()
+    async with asyncio.timeout(HANG_S), asyncio.TaskGroup() as tasks:
+        for agent in agents(mosquitto, "late"):
+            tasks.create_task(agent.run())
+        tasks.create_task(first.run())
+        await wait_until(lambda: len(first.report.rounds) >= 1, timeout_s=HANG_S)
+        tasks.create_task(second.run())
+    rounds = first.report.rounds
+    assert [r.round for r in rounds] == [1, 2, 3, 4]
+    for entry in rounds:
+        assert {d.status for d in entry.devices.values()} == {"ok"}, entry.round
+    assert second.counters.snapshot().get("batches", 0) > 0  # it took devices over
+
+
+async def test_a_new_run_on_the_same_broker_starts_afresh(mosquitto):
+    """The coordinator clears the run's retained order, model, report and lease at its end:
+    the next run's replicas do not take the finished run's model for their own."""
+    for run in range(2):
+        edge = EdgeService(replica_settings(mosquitto, "r1", "again", rounds=2))
+        await run_all([edge], agents(mosquitto, "again"))
+        assert [r.round for r in edge.report.rounds] == [1, 2], run
 
 
 # --- faults: replicas are processes, killed with SIGKILL -----------------------------------------
@@ -199,7 +227,7 @@ async def run_with_a_kill(
 
 def typical_round_s(report: dict[str, Any]) -> float:
     """The slowest round but round 2 (the one with the fault)."""
-    return max(r["duration_s"] for r in report["rounds"] if r["round"] != 2)
+    return max(float(r["duration_s"]) for r in report["rounds"] if r["round"] != 2)
 
 
 def assert_every_step_counted_once(report: dict[str, Any]) -> None:
