@@ -334,6 +334,8 @@ class DeviceSession(Generic[TrainerT]):
         frame = decode_frame(message.payload, max_bytes=self.settings.mqtt.max_payload_bytes)
         if channel is DeviceChannel.GRAD:
             grad = parse_meta(GradientMeta, frame.meta)
+            if grad.attempt != self._training_attempt:
+                return  # an earlier start of the round: its gradients are not this one's
             future = self._pending.get((grad.round, grad.seq))
             if future is not None and not future.done():
                 future.set_result(frame)

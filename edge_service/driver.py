@@ -373,7 +373,7 @@ class RoundDriver:
         plan = dict(plan)
         # Off the event loop: hundreds of server sessions take a good part of a second.
         parts = await loop.run_in_executor(
-            self.executor, prepare_parts, self.context, round_no, global_state, plan
+            self.executor, prepare_parts, self.context, round_no, global_state, plan, attempt
         )
         # The weights each round start carries: deltas against what each device holds.
         starts = await loop.run_in_executor(

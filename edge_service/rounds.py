@@ -128,6 +128,7 @@ def prepare_parts(
     round_no: int,
     global_state: dict[str, torch.Tensor],
     plan: dict[str, tuple[int, TrainConfig]],
+    attempt: int = 0,
 ) -> Parts:
     """Per device: its part of the global state and its server session (None: no cut).
 
@@ -152,6 +153,7 @@ def prepare_parts(
                 max_frame_bytes=ctx.max_frame_bytes,
                 protocol=ctx.protocol_of(device_id),
                 error_feedback=ctx.grad_error_feedback,
+                attempt=attempt,
             )
         parts[device_id] = (device_state, session)
     return parts
@@ -176,7 +178,7 @@ class RoundRunner:
         self.round_no = round_no
         self.attempt = attempt
         if parts is None:
-            parts = prepare_parts(ctx, round_no, global_state, plan)
+            parts = prepare_parts(ctx, round_no, global_state, plan, attempt)
         self.devices: dict[str, DeviceRound] = {
             device_id: DeviceRound(device_id, cut, train, *parts[device_id])
             for device_id, (cut, train) in plan.items()

@@ -66,9 +66,11 @@ class ServerSession:
         max_frame_bytes: int,
         protocol: ProtocolVersion = PROTOCOL_VERSION,  # the device's: its gradients speak it
         error_feedback: bool = False,  # on quantised gradients
+        attempt: int = 0,  # which start of the round (a repeated round is a new attempt)
     ) -> None:
         self.device_id = device_id
         self.round_no = round_no
+        self.attempt = attempt
         self.cut = cut
         self.train = train
         self.act_shape = act_shape
@@ -147,6 +149,7 @@ class ServerSession:
         self.stats.service_s += service
         meta = GradientMeta(
             round=self.round_no,
+            attempt=self.attempt,
             seq=seq,
             loss=loss_value,
             correct=correct,

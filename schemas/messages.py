@@ -384,8 +384,10 @@ class ActivationMeta(RoundTraffic):
     seq: Count
 
 
-class GradientMeta(WireModel):
+class GradientMeta(WithLaterFields):
     """Tensor: ``grad``, the loss gradient with respect to the cut activations."""
+
+    LATER_FIELDS = ("attempt",)
 
     kind: Literal["grad"] = "grad"
     round: RoundNo
@@ -393,6 +395,7 @@ class GradientMeta(WireModel):
     loss: float
     correct: Count
     server_s: Seconds  # the edge's time for this batch, from receipt to reply (queue included)
+    attempt: Count = 0  # the round start's (a repeated round's gradients are its own)
 
 
 class WeightsMeta(RoundTraffic):

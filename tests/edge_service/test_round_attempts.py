@@ -190,10 +190,17 @@ async def test_a_new_attempt_restarts_the_round_and_its_repeat_is_ignored(device
     assert not second.cancelling()
     assert session._closing is None
 
-    # Its gradient comes: the round ends with its part uploaded, tagged with attempt 1.
-    grad = GradientMeta(round=ROUND, seq=0, loss=1.0, correct=0, server_s=0.0)
-    payload = encode_frame(to_meta(grad), {"grad": np.zeros(ACT_SHAPE, np.float32)})
-    session._handle(Message(topic(DeviceChannel.GRAD), payload, False))
+    # The first attempt's gradient for the same batch (late, from the replica serving it
+    # then) is not this attempt's: ignored.
+    for attempt in (0, 1):
+        grad = GradientMeta(round=ROUND, attempt=attempt, seq=0, loss=1.0, correct=0,
+                            server_s=0.0)  # fmt: skip
+        payload = encode_frame(to_meta(grad), {"grad": np.zeros(ACT_SHAPE, np.float32)})
+        session._handle(Message(topic(DeviceChannel.GRAD), payload, False))
+        if attempt == 0:
+            waiting = session._pending[(ROUND, 0)]
+            assert not waiting.done(), "attempt 0's gradient answered attempt 1's batch"
+    # Its own gradient: the round ends with its part uploaded, tagged with attempt 1.
     (weights,) = await link.wait_for(DeviceChannel.WEIGHTS, 1)
     assert (weights["kind"], weights["round"], weights["attempt"]) == ("weights", ROUND, 1)
     await asyncio.wait_for(second, WAIT_S)  # the round ended by itself, not cancelled
