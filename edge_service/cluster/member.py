@@ -237,6 +237,11 @@ class ClusterMember:
                     await self.outbox.publish(
                         self.topics.cluster_lease, to_json(lease), retain=True
                     )
+            failed = self._coordinator
+            if failed is not None and failed.done() and not failed.cancelled():
+                failure = failed.exception()
+                if failure is not None:
+                    raise failure  # as one edge would fail (no devices came): stop
             if self.book.am_holder(time.monotonic()):
                 if not self.coordinating and not self.finished.is_set():
                     epoch = self.book.epoch
@@ -288,6 +293,16 @@ class ClusterMember:
                     await serving
 
     async def _serve(self, order: RoundOrder) -> None:
+        try:
+            await self._serve_share(order)
+        except LinkError as exc:  # the coordinator counts this replica lost for the round
+            self.counters.add("cluster.shares_unsent")
+            log.error("round %d: share not sent: %s", order.round, exc)
+        except Exception:  # a bug must not stop this replica from taking the next order
+            self.counters.add("internal_errors")
+            log.exception("round %d attempt %d: serving failed", order.round, order.attempt)
+
+    async def _serve_share(self, order: RoundOrder) -> None:
         mine = order.for_replica(self.name)
         state = await self._model_of(order.base_round)
         if state is None:
