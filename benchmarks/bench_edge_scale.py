@@ -6,8 +6,9 @@ Per device count, on a private Mosquitto: the edge (benchmarks/scale_edge.py: Ed
 torch work, a think time per batch standing in for the board's compute) train ``--rounds`` rounds of
 ``--batches`` batches of the ``tiny`` model at cut ``--split``. Measured:
 
-* batches per second served by the edge over the training phase (registration done -> last
-  round recorded, round boundaries included), against the offered load (devices / think time);
+* batches per second served by the edge over the training phase (the first round started ->
+  the last round recorded, round boundaries included; the devices' profiles and the initial
+  evaluation before it are left out), against the offered load (devices / think time);
 * the edge's event-loop lag (p50, p99, max; probes later than 20 ms) while training, and
   while the devices registered;
 * deadline misses caused by the edge (the devices are light and never late themselves; their
@@ -29,7 +30,28 @@ trips a queue of that many devices makes (devices / served rate), so no batch is
 ``--eval-samples`` shrinks the edge's held-out set (default with ``--models``: 200), which
 keeps a big model's evaluations between rounds short.
 
+Replica mode (``--replicas 1,2``): the same load served by one plain edge (``1``) and by N
+replicas r1..rN of one cluster on the same broker (``N``; ``1r``: a cluster of one replica,
+which isolates the cluster's protocol from the split of the work). Per run: batches per second
+over the rounds (round 1's first start to the last round's last part, as the devices saw them)
+and over the serving windows (the coordinator's report), against offered; per edge process its
+batches served, its p99 loop lag and CPU share; Mosquitto's and the devices' CPU and the
+machine's busy cores; and the time between rounds as the devices saw it (a round's last part
+sent to the next round's first start: all the edge or the cluster does between two rounds),
+split at the next round's plan in the (coordinator's) log, beside each round's ``duration_s``
+less its slowest device's ``round_s``. Against the plain edge's row: the scale-out factor and
+the extra time between rounds.
+
+Site mode (``--sites``): the same run with the devices over TLS with their own accounts (as
+``ares broker add-device`` provisions them) at the core broker, then at a site broker bridged
+to the core (``testbed.sites.LocalSites``): round trips, the devices' window per round, the time
+between rounds; the bridge's extra time per round.
+
     python benchmarks/bench_edge_scale.py [--devices 100,200,500] [--quick] [--json OUT]
+    python benchmarks/bench_edge_scale.py --replicas 1,2 --model vgg5 --dataset synthetic \
+        --split 2 --devices 10,20,40 --think-s 0.2 --batch-timeout-s 60 --rounds 4 \
+        --compute-workers 1 --eval-samples 200 --per-process 20 [--json OUT]
+    python benchmarks/bench_edge_scale.py --sites --devices 20 --think-s 0.1 --rounds 6 [--json OUT]
     python benchmarks/bench_edge_scale.py --models vgg5,mobilenetv2,resnet18 --dataset synthetic \
         --split 1 --devices 20 --think-s 0.2 --batch-size 20 --batch-timeout-s 60 --rounds 2 \
         --batches 5 [--json OUT]
@@ -41,15 +63,17 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import numpy as np
@@ -63,17 +87,57 @@ from benchutil import (
     write_json,
 )
 from numpy.typing import NDArray
+from scale_devices import device_name
 
 from broker import BrokerConfig, LocalBroker
 from planner.policies import POLICIES
 from splitnn.datasets import load_dataset
 from splitnn.models import ModelSpec, build_model, cut_shapes, num_blocks
+from testbed.sites import LocalSites
 
 HERE = Path(__file__).parent
 TARGET_DEVICES = 200
 TARGET_P99_S = 0.020
 START_TIMEOUT_S = 300.0  # the edge imports torch, loads data, profiles itself
 MODELS_EVAL_SAMPLES = 200  # the edge's held-out set per model run, unless --eval-samples
+SITE = "hall"  # the site broker's name with --sites
+
+
+@dataclass(frozen=True)
+class EdgeSet:
+    """The edge processes of one run: one plain edge (``ares edge``), or ``count`` replicas
+    r1, r2, ... of one cluster (``ares edge --replica rN``); ``cluster`` with a count of 1 is a
+    cluster of one replica (the coordinator serves every device and merges its own share)."""
+
+    count: int = 1
+    cluster: bool = False
+
+    @classmethod
+    def parse(cls, token: str) -> EdgeSet:
+        """``1``: the plain edge; ``N`` > 1: N replicas; ``1r``: a cluster of one replica."""
+        one_replica = token.endswith("r")
+        count = int(token.removesuffix("r"))
+        if count < 1:
+            raise ValueError(f"{token!r}: at least one edge")
+        return cls(count, cluster=one_replica or count > 1)
+
+    @property
+    def names(self) -> list[str | None]:
+        """The replicas' names (None: the plain edge)."""
+        return [f"r{i + 1}" for i in range(self.count)] if self.cluster else [None]
+
+    @property
+    def label(self) -> str:
+        if not self.cluster:
+            return "1 edge"
+        return f"{self.count} replica" + ("s" if self.count > 1 else "")
+
+    @property
+    def slug(self) -> str:
+        return "edge" if not self.cluster else f"replicas-{self.count}"
+
+
+NETWORKS = ("local", "core", "site")
 
 
 @dataclass(frozen=True)
@@ -95,6 +159,12 @@ class Config:
     switch_interval_ms: float | None
     eval_samples: int | None = None  # the edge's held-out set: this many test samples; None: all
     models: tuple[str, ...] = ()  # per-model mode: one run per model (``model`` is the current)
+    edges: EdgeSet = EdgeSet()  # the current run's edge processes
+    edge_sets: tuple[EdgeSet, ...] = ()  # replica mode (--replicas): one run per set
+    # Where the devices connect: "local", one plain Mosquitto; "core", over TLS with their own
+    # accounts to the core broker; "site", likewise to a site broker bridged to the core.
+    network: str = "local"
+    networks: tuple[str, ...] = ()  # site mode (--sites): one run per network
 
 
 @dataclass
@@ -103,7 +173,7 @@ class CpuMark:
     device processes, which exit at the end, measure their own.)"""
 
     at: float
-    broker: float
+    broker: float  # every broker's (the core's and the site's, with --sites)
     machine_busy: float  # all cores, seconds
 
 
@@ -115,12 +185,40 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(fields) - idle) / ticks, sum(fields) / ticks
 
 
-def mark(broker: int) -> CpuMark:
-    return CpuMark(at=time.monotonic(), broker=cpu_seconds(broker), machine_busy=machine_cpu()[0])
+def mark(brokers: Sequence[int]) -> CpuMark:
+    return CpuMark(
+        at=time.monotonic(),
+        broker=sum(cpu_seconds(pid) for pid in brokers),
+        machine_busy=machine_cpu()[0],
+    )
+
+
+@dataclass
+class Network:
+    """Where the run's clients connect: the edges' and the device processes' arguments, and the
+    broker processes (their CPU is measured)."""
+
+    edge_args: list[str]  # --broker URL, or --mqtt-config FILE
+    fleet_args: list[str]  # --broker URL, or --mqtt-configs FILE
+    broker_pids: list[int]
+
+
+@dataclass
+class EdgeProcess:
+    """One edge process and the events it printed (``EVENT name time``)."""
+
+    name: str | None  # its replica name; None: the plain edge
+    process: asyncio.subprocess.Process
+    events: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def suffix(self) -> str:
+        """Its files' suffix (scale_edge.py writes report-r1.json for replica r1)."""
+        return "" if self.name is None else f"-{self.name}"
 
 
 class Run:
-    """One device count: broker, edge, device processes; their numbers."""
+    """One device count: broker(s), edge(s), device processes; their numbers."""
 
     def __init__(self, config: Config, devices: int, workdir: Path) -> None:
         self.config = config
@@ -128,59 +226,114 @@ class Run:
         self.workdir = workdir
         self.spec = _spec(config)
         self.held_out: Path | None = None
-        self.events: dict[str, float] = {}
         self.marks: dict[str, CpuMark] = {}
+        self.edges: list[EdgeProcess] = []
+        self._event = asyncio.Event()  # set at every event any edge prints
+        self._broker_pids: list[int] = []
         self._logs: list[IO[bytes]] = []
+
+    @property
+    def events(self) -> dict[str, float]:
+        """The first edge's events (the plain edge's, or replica r1's)."""
+        return self.edges[0].events if self.edges else {}
 
     async def execute(self) -> dict[str, Any]:
         if self.config.eval_samples is not None:
             self.held_out = self.workdir / "held-out.npz"
             write_held_out(self.config, self.held_out)
-        config = BrokerConfig(log_types=("error", "warning"), max_queued_messages=10_000)
-        async with LocalBroker(config) as broker:
-            assert broker.pid is not None
+        async with self._network() as network:
+            self._broker_pids = network.broker_pids
             probe = await self._spawn("probe", self._probe_command())
-            edge = await self._spawn("edge", self._edge_command(broker.url))
+            for name in self.config.edges.names:
+                log = "edge" if name is None else f"edge-{name}"
+                process = await self._spawn(log, self._edge_command(network, name))
+                self.edges.append(EdgeProcess(name, process))
+            readers = [asyncio.create_task(self._read_events(edge)) for edge in self.edges]
             try:
-                await self._until_event(edge, "started", START_TIMEOUT_S)
+                await self._until_all("started", START_TIMEOUT_S)
                 fleets = [
-                    await self._spawn(f"devices-{first}", self._fleet_command(broker.url, first))
+                    await self._spawn(f"devices-{first}", self._fleet_command(network, first))
                     for first in range(0, self.devices, self.config.per_process)
                 ]
                 try:
-                    await self._follow(edge, broker.pid)
+                    await self._follow()
                     await self._wait_all(fleets, 120.0)
                 finally:
                     for process in fleets:
                         await _stop(process)
             finally:
-                await _stop(edge)
+                for edge in self.edges:
+                    await _stop(edge.process)
+                for reader in readers:
+                    reader.cancel()
                 await _stop(probe)
-                for log in self._logs:
-                    log.close()
-            if edge.returncode != 0:
-                tail = (self.workdir / "edge.log").read_text()[-3000:]
-                raise RuntimeError(f"the edge failed (exit {edge.returncode}):\n{tail}")
+                for log_file in self._logs:
+                    log_file.close()
+            for edge in self.edges:
+                if edge.process.returncode != 0:
+                    tail = (self.workdir / f"edge{edge.suffix}.log").read_text()[-3000:]
+                    raise RuntimeError(
+                        f"the edge {edge.name or ''} failed (exit {edge.process.returncode}):\n"
+                        f"{tail}"
+                    )
         return self._results()
+
+    # --- brokers --------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _network(self) -> AsyncIterator[Network]:
+        network = self.config.network
+        if network == "local":
+            config = BrokerConfig(log_types=("error", "warning"), max_queued_messages=10_000)
+            async with LocalBroker(config) as broker:
+                assert broker.pid is not None
+                url = ["--broker", broker.url]
+                yield Network(url, url, [broker.pid])
+            return
+        # TLS and an account per device, as `ares broker init` / `init-site` / `add-device`
+        # provision them: at the core itself, or at a site whose broker is bridged to the core.
+        names = [device_name(i) for i in range(self.devices)]
+        plan = {SITE: names} if network == "site" else {}
+        async with LocalSites(self.workdir / "brokers", plan) as sites:
+            core = sites.core
+            if network == "core":
+                ca = PurePosixPath((core.certs / "ca.crt").absolute())
+                for name in names:
+                    core.add_device(name, ca_path=ca)
+                sites.core_running.reload()  # the passwords: read on SIGHUP
+            home = sites.sites[SITE] if network == "site" else core
+            configs = self.workdir / "mqtt-configs.json"
+            configs.write_text(json.dumps({n: str(home.client_file(n)) for n in names}))
+            brokers = [sites.core_running, *sites.site_brokers.values()]
+            pids = [b.pid for b in brokers if b.pid is not None]
+            yield Network(
+                ["--mqtt-config", str(core.client_file("edge"))],
+                ["--mqtt-configs", str(configs)],
+                pids,
+            )
 
     # --- processes ----------------------------------------------------------------------------
 
-    def _edge_command(self, url: str) -> list[str]:
+    def _edge_command(self, network: Network, replica: str | None) -> list[str]:
         c = self.config
         command = [
-            sys.executable, str(HERE / "scale_edge.py"), "--broker", url,
+            sys.executable, str(HERE / "scale_edge.py"), *network.edge_args,
             "--devices", str(self.devices), "--rounds", str(c.rounds),
             "--batches", str(c.batches), "--batch-size", str(c.batch_size),
             "--model", c.model, "--dataset", c.dataset, "--policy", c.policy,
             "--split", str(c.split), "--batch-timeout-s", str(c.batch_timeout_s),
             "--compute-workers", str(c.compute_workers),
             "--deadline-floor-s", str(self._round_floor_s()),
-            "--workdir", str(self.workdir), "--out", str(self.workdir / "edge.json"),
+            "--workdir", str(self.workdir),
         ]  # fmt: skip
+        suffix = "" if replica is None else f"-{replica}"
+        command += ["--out", str(self.workdir / f"edge{suffix}.json")]
+        if replica is not None:
+            command += ["--replica", replica]
         if self.held_out is not None:
             command += ["--data", str(self.held_out)]
         if c.cprofile:
-            command += ["--cprofile", str(self.workdir / "edge.prof")]
+            command += ["--cprofile", str(self.workdir / f"edge{suffix}.prof")]
         if c.switch_interval_ms is not None:
             command += ["--switch-interval-ms", str(c.switch_interval_ms)]
         return command
@@ -194,12 +347,12 @@ class Run:
         c = self.config
         return 3 * c.batches * (c.think_s * (1 + c.jitter) + c.batch_timeout_s) + 30
 
-    def _fleet_command(self, url: str, first: int) -> list[str]:
+    def _fleet_command(self, network: Network, first: int) -> list[str]:
         c = self.config
         spec = self.spec
         count = min(c.per_process, self.devices - first)
         return [
-            sys.executable, str(HERE / "scale_devices.py"), "--broker", url,
+            sys.executable, str(HERE / "scale_devices.py"), *network.fleet_args,
             "--first", str(first), "--count", str(count),
             "--think-s", str(c.think_s), "--jitter", str(c.jitter), "--dataset", c.dataset,
             "--input-shape", json.dumps(list(spec.input_shape)),
@@ -218,33 +371,44 @@ class Run:
             *command, stdout=asyncio.subprocess.PIPE, stderr=log, env=env
         )
 
-    async def _until_event(
-        self, edge: asyncio.subprocess.Process, wanted: str, timeout_s: float
-    ) -> None:
-        assert edge.stdout is not None
-        async with asyncio.timeout(timeout_s):
-            while True:
-                line = (await edge.stdout.readline()).decode()
-                if not line:
-                    raise RuntimeError(f"the edge exited before {wanted!r}; see edge.log")
-                parts = line.split()
-                if len(parts) == 3 and parts[0] == "EVENT":
-                    self.events[parts[1]] = float(parts[2])
-                    if parts[1] == wanted:
-                        return
+    async def _read_events(self, edge: EdgeProcess) -> None:
+        """File the edge's events as it prints them; mark the CPU counters when the first edge
+        starts training and when every edge has finished it."""
+        stdout = edge.process.stdout
+        assert stdout is not None
+        while line := (await stdout.readline()).decode():
+            parts = line.split()
+            if len(parts) != 3 or parts[0] != "EVENT":
+                continue
+            event = parts[1]
+            edge.events.setdefault(event, float(parts[2]))
+            if event == "training" and "training" not in self.marks:
+                self.marks["training"] = mark(self._broker_pids)
+            if event == "finishing" and all("finishing" in e.events for e in self.edges):
+                self.marks["finishing"] = mark(self._broker_pids)
+            self._event.set()
+        self._event.set()  # its output ended: it exited
 
-    async def _follow(self, edge: asyncio.subprocess.Process, broker: int) -> None:
-        """Mark CPU counters when training starts and ends; wait for the edge to finish."""
+    async def _until_all(self, wanted: str, timeout_s: float) -> None:
+        """Until every edge printed ``wanted``; raises if one exits before."""
+        async with asyncio.timeout(timeout_s):
+            while not all(wanted in edge.events for edge in self.edges):
+                self._event.clear()
+                for edge in self.edges:
+                    if edge.process.returncode is not None and wanted not in edge.events:
+                        name = f"edge{edge.suffix}"
+                        raise RuntimeError(f"{name} exited before {wanted!r}; see {name}.log")
+                await self._event.wait()
+
+    async def _follow(self) -> None:
+        """Wait for every edge to finish (the CPU counters are marked on the way)."""
         c = self.config
         round_s = c.batches * (c.think_s * (1 + c.jitter) + c.batch_timeout_s)
         budget = START_TIMEOUT_S + c.rounds * (round_s + 60)
-        async with asyncio.timeout(budget):
-            await self._until_event(edge, "training", budget)
-            self.marks["training"] = mark(broker)
-            await self._until_event(edge, "finishing", budget)
-            self.marks["finishing"] = mark(broker)
-            await self._until_event(edge, "done", budget)
-            await edge.wait()
+        await self._until_all("done", budget)
+        async with asyncio.timeout(60):
+            for edge in self.edges:
+                await edge.process.wait()
 
     @staticmethod
     async def _wait_all(processes: list[asyncio.subprocess.Process], timeout_s: float) -> None:
@@ -255,8 +419,14 @@ class Run:
     # --- numbers ------------------------------------------------------------------------------
 
     def _results(self) -> dict[str, Any]:
-        edge = json.loads((self.workdir / "edge.json").read_text())
-        report = json.loads((self.workdir / "report.json").read_text())
+        outs = {
+            edge.name: json.loads((self.workdir / f"edge{edge.suffix}.json").read_text())
+            for edge in self.edges
+        }
+        # The run's report is the coordinator's (the plain edge's): it holds the rounds.
+        main = next((e for e in self.edges if outs[e.name]["coordinated"]), self.edges[0])
+        edge = outs[main.name]
+        report = json.loads((self.workdir / f"report{main.suffix}.json").read_text())
         fleets = [json.loads(p.read_text()) for p in sorted(self.workdir.glob("devices-*.json"))]
         start, end = self.marks["training"], self.marks["finishing"]
         wall = end.at - start.at
@@ -267,11 +437,17 @@ class Run:
         ]
         device_rounds = [d for r in report["rounds"] for d in r["devices"].values()]
         batches = sum(d["batches"] for d in device_rounds)
+        log = (self.workdir / f"edge{main.suffix}.log").read_text(errors="replace")
+        timing = round_timing(report, [f["round_marks"] for f in fleets], plan_times(log))
 
         return {
             "model": self.config.model,
             "cut": self.config.split,
             "devices": self.devices,
+            "edges": asdict(self.config.edges),
+            "edges_label": self.config.edges.label,
+            "network": self.config.network,
+            "coordinator": main.name,
             "device_processes": len(fleets),
             "rounds_completed": len(report["rounds"]),
             "rounds_all_ok": sum(
@@ -280,8 +456,12 @@ class Run:
             "training_wall_s": wall,
             "batches": batches,
             "batches_per_s": batches / wall,
+            "rounds_batches_per_s": batches / timing["rounds_span_s"]
+            if timing["rounds_span_s"]
+            else math.nan,
             "offered_batches_per_s": self.devices / self.config.think_s,
             "serving": serving_numbers(report),
+            "round_timing": timing,
             "edge_peak_rss_mib": edge.get("peak_rss_mib"),
             "round_durations_s": [r["duration_s"] for r in report["rounds"]],
             "lag_training": edge["phases"]["training"],
@@ -291,6 +471,17 @@ class Run:
             },
             "lag_registration": edge["phases"]["registration"],
             "lag_rounds": edge["rounds"],
+            "replicas": {  # each edge process by its replica name ("edge": the plain edge)
+                name or "edge": {
+                    "coordinated": out["coordinated"],
+                    "batches": out["counters"].get("batches", 0),
+                    "others_traffic": out["counters"].get("others_traffic", 0),
+                    "lag_training": out["phases"]["training"],
+                    "cpu_share": out["phases"]["training"]["cpu_share"],
+                    "peak_rss_mib": out.get("peak_rss_mib"),
+                }
+                for name, out in outs.items()
+            },
             "late_gradients": sum(f["resends"] for f in fleets),
             "failed_batches": sum(f["failed_batches"] for f in fleets),
             "not_ok_device_rounds": sum(d["status"] != "ok" for d in device_rounds),
@@ -304,7 +495,8 @@ class Run:
             "devices_finished": all(f["finished"] for f in fleets),
             "edge_gc": edge["gc"],
             "cpu_share": {
-                "edge": edge["phases"]["training"]["cpu_share"],
+                # Every edge process's over its own training phase, summed.
+                "edge": sum(out["phases"]["training"]["cpu_share"] or 0.0 for out in outs.values()),
                 "mosquitto": (end.broker - start.broker) / wall,
                 "devices": sum(f["training_cpu_share"] or 0.0 for f in fleets),
                 "machine_busy_cores": (end.machine_busy - start.machine_busy) / wall,
@@ -319,6 +511,78 @@ def _merge_counts(counts: Any) -> dict[str, int]:
         for reason, n in entry.items():
             merged[reason] = merged.get(reason, 0) + n
     return merged
+
+
+PLAN_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .* round (\d+) plan \(")
+
+
+def plan_times(log: str) -> dict[int, float]:
+    """When the edge (the coordinator) published each round's plan, from its log's lines
+    (``logging``'s local time, to the millisecond), as time.time()."""
+    times: dict[int, float] = {}
+    for line in log.splitlines():
+        match = PLAN_LINE.match(line)
+        if match:
+            at = datetime.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            times.setdefault(int(match[2]), at)
+    return times
+
+
+def round_timing(
+    report: dict[str, Any],
+    fleet_marks: Iterable[dict[str, dict[str, list[float]]]],
+    plans: dict[int, float] | None = None,
+) -> dict[str, Any]:
+    """Each round as the devices lived it, from their processes' round marks (first and last
+    round start received, first and last part sent, per round; time.time(), one clock):
+
+    * ``device_windows_s``: the first round start to the last part sent, the devices' work;
+    * ``between_rounds_s``: the last part of a round sent to the first start of the next: all
+      the edge (or the cluster) does between two rounds, the time no device works;
+    * ``start_spread_s``: the first round start to the last, the round starts' fan-out;
+    * ``rounds_span_s``: round 1's first start to the last round's last part;
+    * ``report_overhead_s``: per round, the (coordinator's) report's ``duration_s`` less its
+      slowest device's ``round_s`` (benchmarks/round_overhead.py's measure);
+    * with ``plans`` (round -> when the edge published its plan), each gap between rounds in
+      two: ``to_plan_s``, the last part sent to the next round's plan (the last part's way in,
+      FedAvg, a cluster's shares and merge, the global model's publish, the coordinator's
+      evaluation and checkpoint, the planning); ``plan_to_start_s``, the plan to the first
+      round start (a cluster's order and its replica's model, the server parts, the round
+      starts' weights and their way out).
+    """
+    merged: dict[int, dict[str, list[float]]] = {}
+    for marks in fleet_marks:
+        for round_no, kinds in marks.items():
+            into = merged.setdefault(int(round_no), {})
+            for kind, (first, last) in kinds.items():
+                have = into.get(kind)
+                into[kind] = [first, last] if have is None else [min(have[0], first),
+                                                                 max(have[1], last)]  # fmt: skip
+    rounds = sorted(r for r, m in merged.items() if "start" in m and "upload" in m)
+    windows = [merged[r]["upload"][1] - merged[r]["start"][0] for r in rounds]
+    between = [
+        merged[r + 1]["start"][0] - merged[r]["upload"][1]
+        for r in rounds
+        if r + 1 in merged and "start" in merged[r + 1]
+    ]
+    overhead = [
+        r["duration_s"] - max((d.get("round_s") or 0.0 for d in r["devices"].values()), default=0)
+        for r in report["rounds"]
+    ]
+    plans = plans or {}
+    follows = [r for r in rounds if r + 1 in merged and "start" in merged[r + 1] and r + 1 in plans]
+    return {
+        "rounds": rounds,
+        "to_plan_s": [plans[r + 1] - merged[r]["upload"][1] for r in follows],
+        "plan_to_start_s": [merged[r + 1]["start"][0] - plans[r + 1] for r in follows],
+        "device_windows_s": windows,
+        "between_rounds_s": between,
+        "start_spread_s": [merged[r]["start"][1] - merged[r]["start"][0] for r in rounds],
+        "rounds_span_s": merged[rounds[-1]]["upload"][1] - merged[rounds[0]]["start"][0]
+        if rounds
+        else 0.0,
+        "report_overhead_s": overhead,
+    }
 
 
 def serving_numbers(report: dict[str, Any]) -> dict[str, float]:
@@ -511,18 +775,180 @@ def print_models(config: Config, results: list[dict[str, Any]]) -> None:
     )
 
 
+def runs(config: Config) -> list[Config]:
+    """One configuration per run: per model, edge set and network (the device counts are
+    the inner loop, in Run)."""
+    return [
+        dataclasses.replace(config, model=model, edges=edges, network=network)
+        for model in config.models or (config.model,)
+        for edges in config.edge_sets or (config.edges,)
+        for network in config.networks or (config.network,)
+    ]
+
+
+def workdir_name(config: Config, devices: int) -> str:
+    parts = [config.model] if config.models else []
+    if config.edge_sets:
+        parts.append(config.edges.slug)
+    if config.networks:
+        parts.append(config.network)
+    return "-".join([*parts, f"devices-{devices}"])
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def spread(values: Sequence[float]) -> str:
+    """Mean and range of ``values``, in ms."""
+    if not values:
+        return "-"
+    return f"{ms(mean(values))} ({ms(min(values))}-{ms(max(values))})"
+
+
+def per_edge(result: dict[str, Any], show: Any) -> str:
+    return " / ".join(show(r) for r in result["replicas"].values())
+
+
+def print_replicas(config: Config, results: list[dict[str, Any]]) -> None:
+    """Replica mode: one row per edge set and device count; the scale-out and the extra time
+    between rounds, against the plain edge's row of the same device count."""
+    print(
+        f"\nedge replicas: model {config.model} at cut {config.split}, batch {config.batch_size}, "
+        f"{config.rounds} rounds x {config.batches} batches, think {config.think_s:g} s "
+        f"(+-{config.jitter:.0%}) per batch; each edge: {config.compute_workers} compute workers"
+    )
+    rows = []
+    for r in results:
+        timing, cpu = r["round_timing"], r["cpu_share"]
+        rows.append((
+            r["edges_label"], r["devices"], f"{r['rounds_completed']}/{r['rounds_all_ok']}",
+            f"{rate(r['rounds_batches_per_s'])} / {rate(r['serving']['batches_per_s'])} / "
+            f"{rate(r['offered_batches_per_s'])}",
+            per_edge(r, lambda e: str(e["batches"])),
+            per_edge(r, lambda e: ms(e["lag_training"]["p99_s"])),
+            per_edge(r, lambda e: f"{e['cpu_share'] or 0:.2f}")
+            + f" / {cpu['mosquitto']:.2f} / {cpu['devices']:.2f} ({cpu['machine_busy_cores']:.2f})",
+            spread(timing["between_rounds_s"]),
+            f"{ms(mean(timing['to_plan_s']))} / {ms(mean(timing['plan_to_start_s']))}",
+            spread(timing["report_overhead_s"]),
+            f"{ms(r['rtt_s']['median'])} / {ms(r['rtt_s']['p99'])}",
+            f"{r['late_gradients']}/{r['failed_batches']}/{r['not_ok_device_rounds']}"
+            f"/{sum(r['rejections'].values())}",
+        ))  # fmt: skip
+    print_table(
+        ["edges", "devices", "rounds/ok", "served/s rounds / windows / offered",
+         "batches per edge", "lag p99 ms per edge", "CPU per edge / mosq / devs (busy)",
+         "between rounds ms", "to plan / to start", "report overhead ms", "rtt p50/p99 ms",
+         "late/failed/not-ok/rej"],
+        rows,
+    )  # fmt: skip
+    print(
+        "  served/s: batches per second over the rounds (round 1's first start to the last "
+        "round's last part) / over the rounds'\n  serving windows (each round's start to its "
+        "last part held, from the coordinator's report) / offered (devices / think time).\n"
+        "  per edge: the plain edge's, or r1 / r2 ...; CPU: cores, each process over its own "
+        "training phase; busy: the machine's\n  busy cores (of "
+        f"{os.cpu_count()}) over the training phase. between rounds: the last part of a "
+        "round sent to the next round's first\n  start, as the devices saw it (mean, range), in "
+        "two: to plan, the last part to the next round's plan published (FedAvg;\n  shares, "
+        "merge, the model's publish, the coordinator's evaluation and checkpoint; planning); to "
+        "start, the plan to\n  the first round start (order, model, server parts, round "
+        "starts). report overhead: a round's duration_s less its\n  slowest device's round_s."
+    )
+    for r in results:
+        base = next(
+            (b for b in results if not b["edges"]["cluster"] and b["devices"] == r["devices"]),
+            None,
+        )
+        if base is None or base is r:
+            continue
+        gain = r["rounds_batches_per_s"] / base["rounds_batches_per_s"]
+        gain_windows = r["serving"]["batches_per_s"] / base["serving"]["batches_per_s"]
+        t, b = r["round_timing"], base["round_timing"]
+        extra = mean(t["between_rounds_s"]) - mean(b["between_rounds_s"])
+        to_plan = mean(t["to_plan_s"]) - mean(b["to_plan_s"])
+        to_start = mean(t["plan_to_start_s"]) - mean(b["plan_to_start_s"])
+        extra_report = mean(r["round_timing"]["report_overhead_s"]) - mean(
+            base["round_timing"]["report_overhead_s"]
+        )
+        others = sum(e["others_traffic"] for e in r["replicas"].values())
+        print(
+            f"  {r['edges_label']}, {r['devices']} devices: served x{gain:.2f} over the rounds, "
+            f"x{gain_windows:.2f} over the serving windows (1 edge: "
+            f"{rate(base['rounds_batches_per_s'])} / {rate(base['serving']['batches_per_s'])}); "
+            f"between rounds {ms(extra)} ms more a round ({ms(to_plan)} to the plan, "
+            f"{ms(to_start)} to the start), report overhead {ms(extra_report)} ms more; "
+            f"machine busy {r['cpu_share']['machine_busy_cores']:.2f} of "
+            f"{os.cpu_count()} cores; {others} device messages a replica read and ignored "
+            "(another replica's devices)"
+        )
+
+
+def print_sites(config: Config, results: list[dict[str, Any]]) -> None:
+    """Site mode: the same run with the devices on the core and behind a bridged site."""
+    print(
+        f"\nsite bridge: {config.edges.label}, model {config.model} at cut {config.split}, batch "
+        f"{config.batch_size}, {config.rounds} rounds x {config.batches} batches, think "
+        f"{config.think_s:g} s per batch; devices over TLS with their own accounts"
+    )
+    where = {"local": "a plain broker", "core": "the core", "site": f"site {SITE} (bridged)"}
+    rows = []
+    for r in results:
+        timing, cpu = r["round_timing"], r["cpu_share"]
+        rows.append((
+            where[r["network"]], r["devices"], f"{r['rounds_completed']}/{r['rounds_all_ok']}",
+            f"{rate(r['rounds_batches_per_s'])} / {rate(r['serving']['batches_per_s'])} / "
+            f"{rate(r['offered_batches_per_s'])}",
+            f"{ms(r['rtt_s']['median'])} / {ms(r['rtt_s']['p99'])}",
+            f"{ms(r['edge_server_s']['median'])}",
+            f"{mean(timing['device_windows_s']):.2f}", spread(timing["between_rounds_s"]),
+            f"{mean(timing['start_spread_s']) * 1e3:.1f}",
+            f"{cpu['edge']:.2f} / {cpu['mosquitto']:.2f} / {cpu['devices']:.2f} "
+            f"({cpu['machine_busy_cores']:.2f})",
+            f"{r['late_gradients']}/{r['failed_batches']}/{r['not_ok_device_rounds']}",
+        ))  # fmt: skip
+    print_table(
+        ["devices at", "devices", "rounds/ok", "served/s rounds / windows / offered",
+         "rtt p50/p99 ms", "edge p50 ms", "device window s", "between rounds ms",
+         "start spread ms", "CPU edge / brokers / devs (busy)", "late/failed/not-ok"],
+        rows,
+    )  # fmt: skip
+    print(
+        "  device window: a round's first start to its last part sent (mean over rounds); "
+        "between rounds: a round's last part\n  sent to the next round's first start; start "
+        "spread: a round's first start to its last; brokers: the core's and the\n  site's "
+        "Mosquitto together."
+    )
+    by = {(r["network"], r["devices"]): r for r in results}
+    for (network, devices), r in by.items():
+        core = by.get(("core", devices))
+        if network != "site" or core is None:
+            continue
+        t, c = r["round_timing"], core["round_timing"]
+        window = mean(t["device_windows_s"]) - mean(c["device_windows_s"])
+        between = mean(t["between_rounds_s"]) - mean(c["between_rounds_s"])
+        rtt = r["rtt_s"]["median"] - core["rtt_s"]["median"]
+        print(
+            f"  {devices} devices: the bridge adds {ms(window + between)} ms a round "
+            f"({ms(window)} ms to the devices' window, {ms(between)} ms between rounds); "
+            f"{ms(rtt)} ms to a batch's round trip at the median"
+        )
+
+
 async def run_all(config: Config, keep: Path | None) -> list[dict[str, Any]]:
     results = []
-    for model in config.models or (config.model,):
-        run_config = dataclasses.replace(config, model=model)
+    for run_config in runs(config):
         for devices in config.devices:
-            print(f"running {model}, {devices} devices ...", flush=True)
+            what = [run_config.model, run_config.edges.label]
+            if config.networks:
+                what.append(f"devices at the {run_config.network}")
+            print(f"running {', '.join(what)}, {devices} devices ...", flush=True)
             with contextlib.ExitStack() as stack:
                 if keep is None:
                     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                 else:
-                    name = f"devices-{devices}"
-                    workdir = keep / (f"{model}-{name}" if config.models else name)
+                    workdir = keep / workdir_name(run_config, devices)
                     workdir.mkdir(parents=True, exist_ok=True)
                 began = time.monotonic()
                 result = await Run(run_config, devices, workdir).execute()
@@ -562,10 +988,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--switch-interval-ms", type=float, help="the edge's sys.setswitchinterval (default 5)"
     )
+    parser.add_argument(
+        "--replicas",
+        help="replica mode: edge sets, comma separated: 1 the plain edge, N > 1 that many "
+        "replicas r1..rN on one broker, 1r a cluster of one replica",
+    )
+    parser.add_argument(
+        "--sites",
+        action="store_true",
+        help="site mode: the devices over TLS at the core, then at a site bridged to the core",
+    )
     parser.add_argument("--keep", type=Path, help="keep logs, reports and profiles here")
     parser.add_argument("--json", type=Path, help="write the numbers here")
     args = parser.parse_args(argv)
     models = tuple(m for m in (args.models or "").split(",") if m)
+    try:
+        edge_sets = tuple(EdgeSet.parse(t) for t in (args.replicas or "").split(",") if t)
+    except ValueError as exc:
+        parser.error(f"--replicas: {exc}")
+    if sum(bool(mode) for mode in (models, edge_sets, args.sites)) > 1:
+        parser.error("--models, --replicas and --sites are separate modes: one at a time")
     eval_samples = args.eval_samples
     if models and eval_samples is None:
         eval_samples = MODELS_EVAL_SAMPLES
@@ -587,6 +1029,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         switch_interval_ms=args.switch_interval_ms,
         eval_samples=eval_samples,
         models=models,
+        edge_sets=edge_sets,
+        networks=("core", "site") if args.sites else (),
     )
     for model in models or (config.model,):
         blocks = num_blocks(_spec(dataclasses.replace(config, model=model)))
@@ -603,6 +1047,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             mine = [r for r in results if r["model"] == model]
             print_results(dataclasses.replace(config, model=model), mine)
         print_models(config, results)
+    elif edge_sets:
+        print_replicas(config, results)
+    elif args.sites:
+        print_sites(config, results)
     else:
         print_results(config, results)
     print(f"load average now {os.getloadavg()[0]:.2f} (was {info['load_average_1m']})")

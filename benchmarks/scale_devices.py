@@ -12,7 +12,13 @@ its re-sends, pings and finish are the agent's own.
 
 Everything a device sees is tallied per process (the session's events) and written as JSON when
 every device has finished: gradients and their round trips, re-sends (late gradients), how late
-the device itself sent (its event loop's lag), the edge's rejections, round outcomes.
+the device itself sent (its event loop's lag), the edge's rejections, round outcomes, and per
+round when its first and last round start arrived and its first and last part left
+(``round_marks``, time.time(): the orchestrator lines the processes and the edge's log up on
+it).
+
+Each device connects to ``--broker``'s URL, or with its own client config file
+(``--mqtt-configs``: TLS to its broker, its account, as ``ares broker add-device`` writes it).
 
     python benchmarks/scale_devices.py --broker mqtt://127.0.0.1:PORT --first 0 --count 100 \
         --cut-shapes '[[32], [32], [10]]' --out devices-0.json
@@ -25,6 +31,7 @@ import asyncio
 import json
 import random
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,6 +97,9 @@ class Tally:
     slip_s: list[float] = field(default_factory=list)  # how late a batch left after its think
     grad_at: list[float] = field(default_factory=list)  # time.monotonic() of each gradient
     batch_timeouts_s: set[float] = field(default_factory=set)
+    # Per round: when its round starts arrived and its parts left, first and last over the
+    # process's devices (time.time(): one clock for every process and for the edge's log).
+    round_marks: dict[int, dict[str, list[float]]] = field(default_factory=dict)
     # This process's CPU (time.process_time()) from the first round start to the last upload.
     training: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, cpu)
 
@@ -101,6 +111,16 @@ class Tally:
                 self.training.append(now)
         elif self.training:
             self.training[1:] = [now]
+
+    def mark_round(self, round_no: int, what: str) -> None:
+        """``what`` ("start" or "upload") happened now for one device in ``round_no``."""
+        now = time.time()
+        marks = self.round_marks.setdefault(round_no, {})
+        first_last = marks.get(what)
+        if first_last is None:
+            marks[what] = [now, now]
+        else:
+            first_last[0], first_last[1] = min(first_last[0], now), max(first_last[1], now)
 
     def training_cpu_share(self) -> float | None:
         if len(self.training) < 2 or self.training[1][0] <= self.training[0][0]:
@@ -125,6 +145,7 @@ class Tally:
             "slip_s": self.slip_s,
             "grad_at": self.grad_at,
             "batch_timeouts_s": sorted(self.batch_timeouts_s),
+            "round_marks": {str(r): marks for r, marks in sorted(self.round_marks.items())},
             "training_cpu_share": self.training_cpu_share(),
         }
 
@@ -134,6 +155,7 @@ class TallyEvents(SessionEvents):
 
     def __init__(self, tally: Tally) -> None:
         self.tally = tally
+        self.round_no = 0  # of the last round start
 
     def hello(self) -> None:
         self.tally.hellos += 1
@@ -142,6 +164,8 @@ class TallyEvents(SessionEvents):
         if isinstance(message, RoundStart):
             self.tally.round_starts += 1
             self.tally.mark_training(first=True)
+            self.round_no = message.round
+            self.tally.mark_round(message.round, "start")
             self.tally.batch_timeouts_s.add(message.train.batch_timeout_s)
         elif isinstance(message, RoundClose):
             self.tally.closed += 1
@@ -163,6 +187,7 @@ class TallyEvents(SessionEvents):
     def uploaded(self) -> None:
         self.tally.uploads += 1
         self.tally.mark_training(first=False)
+        self.tally.mark_round(self.round_no, "upload")
 
     def round_failed(self, error: Exception) -> None:
         if isinstance(error, NoGradient):
@@ -232,6 +257,16 @@ class ThinkingTrainer:
         return self.fleet.think_s + self.random.uniform(-spread, spread)
 
 
+def device_name(index: int) -> str:
+    return f"dev-{index:04d}"
+
+
+def client_config(path: Path) -> MqttSettings:
+    """The ``[mqtt]`` table of a client config ``ares broker add-device`` wrote (TLS to the
+    device's broker, its account)."""
+    return MqttSettings(**tomllib.loads(path.read_text(encoding="utf-8"))["mqtt"])
+
+
 def light_device(
     device_id: str, mqtt: MqttSettings, fleet: FleetConfig, tally: Tally, seed: int
 ) -> DeviceSession[ThinkingTrainer]:
@@ -255,7 +290,22 @@ def light_device(
     return session
 
 
-async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
+def fleet_mqtt(args: argparse.Namespace) -> dict[str, MqttSettings]:
+    """Each device's connection: its client config (--mqtt-configs), else --broker's URL."""
+    configs = json.loads(Path(args.mqtt_configs).read_text()) if args.mqtt_configs else {}
+    mqtt = {}
+    for i in range(args.first, args.first + args.count):
+        device_id = device_name(i)
+        settings = (
+            client_config(Path(configs[device_id]))
+            if device_id in configs
+            else MqttSettings(url=args.broker)
+        )
+        mqtt[device_id] = settings.model_copy(update={"connect_timeout_s": 30.0})
+    return mqtt
+
+
+async def run_fleet(args: argparse.Namespace, mqtt: dict[str, MqttSettings]) -> dict[str, Any]:
     """Run the devices until each was told training is over (or ``max_s``); the tally."""
     fleet = FleetConfig(
         think_s=args.think_s,
@@ -267,12 +317,12 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
         samples=args.samples,
         telemetry_interval_s=args.telemetry_interval_s,
     )
-    mqtt = MqttSettings(url=args.broker, connect_timeout_s=30.0)
     tally = Tally()
     devices = [
-        light_device(f"dev-{i:04d}", mqtt, fleet, tally, seed=args.seed * 100_003 + i)
+        light_device(device_name(i), mqtt[device_name(i)], fleet, tally,
+                     seed=args.seed * 100_003 + i)
         for i in range(args.first, args.first + args.count)
-    ]
+    ]  # fmt: skip
     cpu_before = time.process_time()
     started = time.monotonic()
     async with LoopLagMonitor(interval_s=0.01, window=100_000) as lag:
@@ -297,7 +347,11 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--broker", required=True)
+    parser.add_argument("--broker", help="the broker's URL, for devices without a config")
+    parser.add_argument(
+        "--mqtt-configs",
+        help="a JSON object: device id -> its client config file (its broker, TLS, account)",
+    )
     parser.add_argument("--first", type=int, default=0, help="index of the first device id")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--think-s", type=float, default=1.0)
@@ -316,7 +370,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    result = runtime.run(lambda: run_fleet(args))
+    mqtt = fleet_mqtt(args)
+    result = runtime.run(lambda: run_fleet(args, mqtt))
     Path(args.out).write_text(json.dumps(result))
 
 

@@ -4,8 +4,11 @@ Runs ``EdgeService.run()`` as ``ares edge`` does (uvloop, logging to stderr), wi
 LoopLagMonitor probing every ``--lag-interval-s`` (10 ms rather than the service's 50 ms: finer
 percentiles, still nothing to speak of in cost). Beside it, in the same loop, a collector wakes
 every 100 ms and files the monitor's new samples under the phase the edge is in:
-``registration`` (until every expected device has registered), ``training`` (until the last
-round is recorded: rounds and everything between them), ``finishing``; and per round.
+``registration`` (until every expected device has registered), ``starting`` (profiles, the
+initial evaluation; a cluster's choice of coordinator, until the first round starts),
+``training`` (until the last round is over: rounds and everything between them),
+``finishing``; and per round. A replica (``--replica``, one process of a cluster) counts a
+round over when it has it recorded (the coordinator) or holds its global model (the others).
 
 stdout carries one line per event, ``EVENT <name> <time.monotonic()>``, so the orchestrator can
 read the other processes' CPU counters at the same moments. The JSON (``--out``) also holds the
@@ -14,7 +17,13 @@ collection's pause by generation (gc.callbacks). For diagnosis: ``--cprofile PAT
 loop's thread while training, ``--slow-callback-ms`` turns on asyncio's slow-callback log, and
 ``--compute-workers`` and ``--switch-interval-ms`` change the edge's set-up. ``--data`` is
 the edge's held-out set (a smaller one keeps a big model's evaluations short); the JSON also
-holds the process's peak resident memory (``peak_rss_mib``, the kernel's VmHWM).
+holds the process's peak resident memory (``peak_rss_mib``, the kernel's VmHWM), its counters
+(``batches``: the batch steps it served) and whether it held the coordinator role.
+
+``--replica NAME`` (with ``--site``, ``--replica-capacity``) runs the edge as ``ares edge
+--replica`` does, one replica of a cluster; its report and checkpoint are ``report-NAME.json``
+and ``edge-NAME.ckpt``. ``--mqtt-config`` connects with a client config file (TLS, an account)
+instead of ``--broker``'s URL.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import gc
 import json
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,17 +108,20 @@ class Phases:
 
     def advance(self, service: EdgeService) -> None:
         if self.current == "registration" and len(service.devices) >= self.expected_devices:
+            self._enter("starting")
+        if self.current == "starting" and round_in_flight(service):
             self._enter("training")
             self.round_spans = [Span()]
             if self.profile_to is not None:
                 self.profiler = cProfile.Profile()
                 self.profiler.enable()
         if self.current == "training":
-            while len(self.round_spans) <= len(service.report.rounds):
+            done = rounds_done(service)
+            while len(self.round_spans) <= done:
                 self.round_spans[-1].close()
                 emit(f"round-{len(self.round_spans)}")
                 self.round_spans.append(Span())
-            if len(service.report.rounds) >= self.rounds:
+            if done >= self.rounds:
                 self.round_spans.pop()  # the span opened after the last round
                 self._enter("finishing")
                 if self.profiler is not None and self.profile_to is not None:
@@ -120,6 +133,26 @@ class Phases:
         self.current = phase
         self.spans[phase] = Span()
         emit(phase)
+
+
+def rounds_done(service: EdgeService) -> int:
+    """Rounds over as this edge sees them: those it recorded; a replica that does not hold the
+    coordinator role records none, and counts the global models the coordinator published."""
+    done = len(service.report.rounds)
+    cluster = service.cluster
+    if cluster is not None and not (cluster.coordinating or cluster.coordinated):
+        done = max(done, cluster.view.model_round or 0)
+    return done
+
+
+def round_in_flight(service: EdgeService) -> bool:
+    """Whether the first round has started: this edge serves one, or a replica's coordinator
+    has ordered one (the devices' profiles, the initial evaluation and a cluster's choice of
+    its coordinator come before)."""
+    driver, cluster = service.driver, service.cluster
+    if driver is not None and driver.current is not None:
+        return True
+    return rounds_done(service) > 0 or (cluster is not None and cluster.view.order is not None)
 
 
 class GcTimes:
@@ -185,10 +218,17 @@ async def observe(service: EdgeService, phases: Phases, slow_callback_ms: float 
     phases.spans[phases.current].close()
 
 
+def client_config(path: Path) -> MqttSettings:
+    """The ``[mqtt]`` table of a client config ``ares broker init`` wrote (the edge's account)."""
+    return MqttSettings(**tomllib.loads(path.read_text(encoding="utf-8"))["mqtt"])
+
+
 def build_settings(args: argparse.Namespace) -> EdgeSettings:
     workdir = Path(args.workdir)
+    # A replica's files are its own: two processes must not write one checkpoint.
+    suffix = "" if args.replica is None else f"-{args.replica}"
     return EdgeSettings(
-        mqtt=MqttSettings(url=args.broker),
+        mqtt=client_config(args.mqtt_config) if args.mqtt_config else MqttSettings(url=args.broker),
         model=args.model,
         dataset=args.dataset,
         data=args.data,
@@ -204,15 +244,22 @@ def build_settings(args: argparse.Namespace) -> EdgeSettings:
         profile_timeout_s=10.0,
         torch_threads=1,
         compute_workers=args.compute_workers,
-        report=workdir / "report.json",
-        checkpoint=workdir / "edge.ckpt",
+        report=workdir / f"report{suffix}.json",
+        checkpoint=workdir / f"edge{suffix}.ckpt",
         fresh=True,
+        replica=args.replica,
+        site=args.site,
+        replica_capacity_bps=args.replica_capacity,
     )
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--broker", required=True)
+    parser.add_argument("--broker", help="the broker's URL (or --mqtt-config)")
+    parser.add_argument("--mqtt-config", type=Path, help="a client config file: TLS, account")
+    parser.add_argument("--replica", help="join a cluster as this replica (ares edge --replica)")
+    parser.add_argument("--site", help="the replica's site")
+    parser.add_argument("--replica-capacity", type=float, default=1.0, help="batches/s")
     parser.add_argument("--devices", type=int, required=True, help="devices to wait for")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=10, help="batches per round")
@@ -260,6 +307,9 @@ def main() -> None:
         "spikes": sorted(phases.spikes, key=lambda spike: -spike[1])[:50],
         "gc": gc_times.to_dict(),
         "peak_rss_mib": peak_rss_mib(),
+        "replica": args.replica,
+        "coordinated": service.cluster is not None and service.cluster.coordinated,
+        "counters": service.counters.snapshot(),
     }
     args.out.write_text(json.dumps(out))
 

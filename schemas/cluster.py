@@ -122,7 +122,9 @@ class DeviceOutcome(WireModel):
 
 
 class PartialMeta(WireModel):
-    """Meta of a replica's share of a round. The frame's tensors are the FedAvg partial sums
+    """A replica's share of a round, as JSON in the share frame's ``#share`` tensor (not its
+    metadata: the outcomes outgrow that limit at a few hundred devices; edge_service.cluster.
+    shares). The frame's other tensors are the FedAvg partial sums
     (float64), one per model state key; ``weights`` holds each counted part's weight and
     ``dtypes`` each key's torch dtype name (``float32``, ``int64``), to cast the average back."""
 

@@ -66,7 +66,13 @@ def encode_frame(
     *,
     max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> bytes:
-    """Pack metadata and tensors into one payload of at most ``max_bytes``."""
+    """Pack metadata and tensors into one payload of at most ``max_bytes``; metadata past
+    ``MAX_META_BYTES`` is refused here, not only by the receiver's decode."""
+    packed_meta = msgpack.packb(dict(meta), use_bin_type=True)
+    if len(packed_meta) > MAX_META_BYTES:
+        raise CodecError(
+            "too_large", f"metadata of {len(packed_meta)} bytes exceeds {MAX_META_BYTES}"
+        )
     parts: list[Any] = [dict(meta)]
     for name, array in (tensors or {}).items():
         parts.append(_encode_tensor(name, array))

@@ -21,14 +21,14 @@ from typing import Any
 import torch
 
 from edge_service.cluster.lease import LeaseBook
-from edge_service.cluster.shares import decode_model, encode_partial, partial_meta
+from edge_service.cluster.shares import decode_model, encode_partial, partial_meta, share_meta
 from edge_service.driver import RoundDriver
 from edge_service.outbox import Outbox
 from edge_service.rejections import Counters
 from edge_service.rounds import DeviceResult
 from edge_service.run_state import RunState
 from edge_service.settings import EdgeSettings
-from schemas import Topics, parse_json, parse_meta, to_json
+from schemas import Topics, parse_json, to_json
 from schemas.cluster import (
     CoordinatorLease,
     PartialMeta,
@@ -183,7 +183,7 @@ class ClusterMember:
             if not self.coordinating:
                 return  # shares are the coordinator's; a new one repeats the round in flight
             frame = decode_frame(payload, max_bytes=self._max_bytes)
-            meta = parse_meta(PartialMeta, frame.meta)
+            meta = share_meta(frame)
             if meta.replica != name:
                 raise SchemaError("id_mismatch", f"{name}'s share claims replica {meta.replica}")
             self.view.shares.put_nowait((meta, frame))

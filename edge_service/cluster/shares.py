@@ -14,7 +14,7 @@ import torch
 from edge_service.rounds import DeviceResult
 from schemas.cluster import DeviceOutcome, GlobalModelMeta, PartialMeta
 from schemas.codec import Frame, encode_frame
-from schemas.messages import SchemaError, parse_meta, to_meta
+from schemas.messages import SchemaError, parse_json, parse_meta, to_json, to_meta
 from splitnn.fedavg import FedAvgPartial
 from splitnn.tensors import arrays_to_state, state_to_arrays
 
@@ -33,10 +33,26 @@ def result_of(outcome: DeviceOutcome) -> DeviceResult:
     return DeviceResult(**{name: getattr(outcome, name) for name in _OUTCOME_FIELDS})
 
 
+# The share's description travels as JSON in a tensor of its own, not in the frame's metadata:
+# a replica's outcomes outgrow the metadata limit (schemas.codec) at a few hundred devices.
+# "#" cannot start a model state key (those are dotted attribute names).
+SHARE_TENSOR = "#share"
+
+
 def encode_partial(meta: PartialMeta, partial: FedAvgPartial | None, *, max_bytes: int) -> bytes:
     """A replica's share of a round; ``partial`` None: no part of its devices counted."""
-    tensors = {} if partial is None else state_to_arrays(dict(partial.sums))
-    return encode_frame(to_meta(meta), tensors, max_bytes=max_bytes)
+    tensors = {SHARE_TENSOR: np.frombuffer(to_json(meta), np.uint8)}
+    if partial is not None:
+        tensors.update(state_to_arrays(dict(partial.sums)))
+    return encode_frame({"kind": meta.kind}, tensors, max_bytes=max_bytes)
+
+
+def share_meta(frame: Frame) -> PartialMeta:
+    """What a share says (who, which round and attempt, its devices' outcomes)."""
+    raw = frame.tensors.get(SHARE_TENSOR)
+    if frame.meta.get("kind") != "partial" or raw is None or raw.dtype != np.uint8:
+        raise SchemaError("malformed", f"a share carries its description in {SHARE_TENSOR!r}")
+    return parse_json(PartialMeta, raw.tobytes())
 
 
 def partial_meta(
@@ -62,23 +78,24 @@ def partial_meta(
 
 def decode_partial(frame: Frame) -> tuple[PartialMeta, FedAvgPartial | None]:
     """Raises SchemaError for a share whose tensors do not match what it says."""
-    meta = parse_meta(PartialMeta, frame.meta)
+    meta = share_meta(frame)
+    sums = {k: v for k, v in frame.tensors.items() if k != SHARE_TENSOR}
     if not meta.weights:
-        if frame.tensors:
+        if sums:
             raise SchemaError("bad_tensors", "a share without parts carries tensors")
         return meta, None
-    if set(frame.tensors) != set(meta.dtypes):
+    if set(sums) != set(meta.dtypes):
         raise SchemaError("bad_tensors", "the share's tensors and dtypes name different keys")
     dtypes: dict[str, torch.dtype] = {}
     for key, name in meta.dtypes.items():
         dtype = getattr(torch, name, None)
         if not isinstance(dtype, torch.dtype):
             raise SchemaError("bad_tensors", f"{key}: unknown dtype {name!r}")
-        if frame.tensors[key].dtype != np.float64:
+        if sums[key].dtype != np.float64:
             raise SchemaError("bad_tensors", f"{key}: sums must be float64")
         dtypes[key] = dtype
-    sums = arrays_to_state({k: np.array(v) for k, v in frame.tensors.items()})
-    return meta, FedAvgPartial(sums=sums, weights=tuple(meta.weights), dtypes=dtypes)
+    state = arrays_to_state({k: np.array(v) for k, v in sums.items()})
+    return meta, FedAvgPartial(sums=state, weights=tuple(meta.weights), dtypes=dtypes)
 
 
 def encode_model(meta: GlobalModelMeta, state: dict[str, torch.Tensor], *, max_bytes: int) -> bytes:

@@ -128,3 +128,127 @@ def test_the_per_model_summary_names_each_model_and_its_rate(capsys) -> None:
     row = next(line for line in capsys.readouterr().out.splitlines() if "vgg5" in line)
     assert row.split()[:7] == ["vgg5", "6/7", "0.58M", "2.50", "20", "100", "41.5"]
     assert row.split()[-1] == "812"
+
+
+@pytest.mark.slow
+def test_quick_replica_run_serves_every_batch_with_one_edge_and_with_two_replicas(
+    tmp_path: Path,
+) -> None:
+    """--replicas 1,2: the same load served by the plain edge, then by replicas r1 and r2 on one
+    broker; both rows printed, every batch served once, each replica served its share."""
+    out = tmp_path / "replicas.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--replicas", "1,2", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    numbers = json.loads(out.read_text())
+    config = numbers["config"]
+    devices, rounds, batches = config["devices"][0], config["rounds"], config["batches"]
+    one, two = numbers["results"]
+    assert (one["edges_label"], two["edges_label"]) == ("1 edge", "2 replicas")
+    for result in (one, two):
+        assert result["rounds_completed"] == result["rounds_all_ok"] == rounds
+        assert result["batches"] == devices * rounds * batches
+        assert result["rejections"] == {}
+        assert result["device_failures"] == {}
+        assert result["late_gradients"] == result["failed_batches"] == 0
+        timing = result["round_timing"]
+        assert timing["rounds"] == list(range(1, rounds + 1))
+        assert len(timing["between_rounds_s"]) == rounds - 1
+        assert all(0 < gap < 10 for gap in timing["between_rounds_s"])
+        assert 0 < result["rounds_batches_per_s"] <= 1.5 * result["offered_batches_per_s"]
+    assert set(one["replicas"]) == {"edge"}
+    assert one["replicas"]["edge"]["batches"] == devices * rounds * batches
+    # The replicas split the devices: each served some, together every batch, once.
+    assert set(two["replicas"]) == {"r1", "r2"}
+    served = [r["batches"] for r in two["replicas"].values()]
+    assert all(n > 0 for n in served)
+    assert sum(served) == devices * rounds * batches
+    assert two["coordinator"] in {"r1", "r2"}
+    assert [r["coordinated"] for r in two["replicas"].values()].count(True) == 1
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert any(row[:3] == ["1", "edge", str(devices)] for row in rows)
+    assert any(row[:3] == ["2", "replicas", str(devices)] for row in rows)
+    assert "2 replicas, 8 devices: served x" in done.stdout
+
+
+def test_round_timing_lines_up_the_device_processes_marks() -> None:
+    bench = load_benchmark("bench_edge_scale")
+    # Two device processes; per round the first and last round start and part sent.
+    fleets = [
+        {"1": {"start": [10.0, 10.1], "upload": [14.0, 15.0]},
+         "2": {"start": [15.5, 15.6], "upload": [19.0, 19.5]}},
+        {"1": {"start": [10.05, 10.3], "upload": [14.5, 15.2]},
+         "2": {"start": [15.4, 15.7], "upload": [19.2, 20.0]}},
+    ]  # fmt: skip
+    report = {
+        "rounds": [
+            {"duration_s": 5.5, "devices": {"a": {"round_s": 5.0}, "b": {"round_s": 4.0}}},
+            {"duration_s": 4.9, "devices": {"a": {"round_s": 4.5}, "b": {"round_s": None}}},
+        ]
+    }
+    timing = bench.round_timing(report, fleets, {1: 9.0, 2: 15.3})
+    assert timing["rounds"] == [1, 2]
+    assert timing["device_windows_s"] == pytest.approx([5.2, 4.6])  # 10.0 -> 15.2, 15.4 -> 20.0
+    assert timing["between_rounds_s"] == pytest.approx([0.2])  # 15.2 -> 15.4
+    assert timing["start_spread_s"] == pytest.approx([0.3, 0.3])
+    assert timing["rounds_span_s"] == pytest.approx(10.0)
+    assert timing["report_overhead_s"] == pytest.approx([0.5, 0.4])
+    # The gap in two at round 2's plan: 15.2 -> 15.3 -> 15.4.
+    assert timing["to_plan_s"] == pytest.approx([0.1])
+    assert timing["plan_to_start_s"] == pytest.approx([0.1])
+    assert bench.round_timing({"rounds": []}, [])["between_rounds_s"] == []
+
+
+def test_plan_times_come_from_the_edges_log() -> None:
+    bench = load_benchmark("bench_edge_scale")
+    log = (
+        "2026-12-04 12:17:30,619 edge INFO transport.mqtt: ares-edge-r1 connected\n"
+        "2026-12-04 12:17:35,347 edge INFO edge_service.driver: round 1 plan (sl, objective 0.3):\n"
+        "2026-12-04 12:17:35,347 edge INFO edge_service.driver:   dev-0400: cut 1, 3.35 s\n"
+        "2026-12-04 12:17:41,012 edge INFO edge_service.driver: round 2 plan (sl, objective 0.3):\n"
+    )
+    plans = bench.plan_times(log)
+    assert list(plans) == [1, 2]
+    assert plans[2] - plans[1] == pytest.approx(5.665)
+
+
+def test_edge_sets_parse_the_replica_counts() -> None:
+    bench = load_benchmark("bench_edge_scale")
+    assert bench.EdgeSet.parse("1").names == [None]
+    assert bench.EdgeSet.parse("2").names == ["r1", "r2"]
+    assert bench.EdgeSet.parse("1r").names == ["r1"]
+    assert [bench.EdgeSet.parse(t).label for t in ("1", "1r", "3")] == [
+        "1 edge", "1 replica", "3 replicas"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="at least one edge"):
+        bench.EdgeSet.parse("0")
+
+
+@pytest.mark.slow
+def test_quick_site_run_serves_the_devices_at_the_core_and_behind_a_bridge(tmp_path: Path) -> None:
+    """--sites: the light devices over TLS with their own accounts, at the core, then at a site
+    bridged to it; every batch served both times, and the summary line printed."""
+    out = tmp_path / "sites.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--sites", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    numbers = json.loads(out.read_text())
+    config = numbers["config"]
+    devices, rounds, batches = config["devices"][0], config["rounds"], config["batches"]
+    assert [r["network"] for r in numbers["results"]] == ["core", "site"]
+    for result in numbers["results"]:
+        assert result["rounds_completed"] == result["rounds_all_ok"] == rounds
+        assert result["batches"] == devices * rounds * batches
+        assert result["rtt_s"]["n"] == devices * rounds * batches
+        assert result["rejections"] == {}
+    assert f"{devices} devices: the bridge adds" in done.stdout
