@@ -42,7 +42,7 @@ from edge_service.run_state import RunState
 from edge_service.settings import EdgeSettings
 from schemas import EdgeStatus, Finish, Topics, to_json
 from schemas.messages import EdgeState
-from schemas.topics import DEVICE_TO_EDGE
+from schemas.topics import DEVICE_TO_EDGE, ROUND_TRAFFIC
 from splitnn.exits import check_positions
 from splitnn.models import ModelSpec
 from transport import Connect, LastWill, LinkError, mqtt_connector
@@ -165,6 +165,10 @@ class EdgeService:
         will = LastWill(self.topics.edge_status, to_json(self.edge_status("stopped")))
         cluster = self.cluster
         if cluster is not None:
+            # Round traffic only of the devices each order gives this replica (ClusterMember):
+            # every replica reading every device's activations would cost each all of them.
+            subscriptions = [(self.topics.all_devices(ch), 1) for ch in DEVICE_TO_EDGE
+                             if ch not in ROUND_TRAFFIC]  # fmt: skip
             subscriptions.append((self.topics.cluster_all, 1))
             will = cluster.will()  # the edge status is the coordinator's, whoever holds it
         link = self._connect(self.client_id, subscriptions, will=will, on_connect=self._on_connect)

@@ -47,6 +47,8 @@ DEVICE_TO_EDGE = (
     DeviceChannel.WEIGHTS,
 )
 EDGE_TO_DEVICE = (DeviceChannel.CTRL, DeviceChannel.GRAD, DeviceChannel.ERROR)
+# A device's traffic within a round: with several edge replicas, only the one serving it reads it.
+ROUND_TRAFFIC = (DeviceChannel.ACT, DeviceChannel.WEIGHTS)
 
 
 class ServeChannel(StrEnum):

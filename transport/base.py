@@ -67,6 +67,15 @@ class Link(Protocol):
         """Deliver to the broker, within the link's deadline, or raise LinkError."""
         ...
 
+    async def subscribe(self, subscriptions: Sequence[tuple[str, int]]) -> None:
+        """Add subscriptions (topic filter, QoS), kept on every reconnect; confirmed by the
+        broker when this returns while connected (LinkError if it does not confirm)."""
+        ...
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        """Drop subscriptions added by ``subscribe`` (or given at the start)."""
+        ...
+
 
 class ManagedLink(Link, Protocol):
     """A link that connects when entered and closes (cleanly: no will) when left. The owner

@@ -144,6 +144,13 @@ class MemoryLink:
     def connects(self) -> int:
         return self._connects
 
+    async def subscribe(self, subscriptions: Sequence[tuple[str, int]]) -> None:
+        added = [t for t, _ in subscriptions if t not in self.filters]
+        self.filters = (*self.filters, *added)
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        self.filters = tuple(f for f in self.filters if f not in filters)
+
     def subscribed_to(self, topic: str) -> bool:
         return any(topic_matches(pattern, topic) for pattern in self.filters)
 

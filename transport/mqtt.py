@@ -13,10 +13,10 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import aiomqtt
 from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
@@ -184,6 +184,34 @@ class MqttLink:
         except TimeoutError:
             return False
         return True
+
+    async def subscribe(self, subscriptions: Sequence[tuple[str, int]]) -> None:
+        new = [s for s in subscriptions if s not in self._subscriptions]
+        if not new:
+            return
+        self._subscriptions = (*self._subscriptions, *new)  # the next connect subscribes them
+        await self._change(lambda client: client.subscribe(
+            new, timeout=self.settings.connect_timeout_s))  # fmt: skip
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        gone = [f for f in filters if any(topic == f for topic, _ in self._subscriptions)]
+        if not gone:
+            return
+        self._subscriptions = tuple(s for s in self._subscriptions if s[0] not in gone)
+        await self._change(lambda client: client.unsubscribe(
+            gone, timeout=self.settings.connect_timeout_s))  # fmt: skip
+
+    async def _change(self, change: Callable[[aiomqtt.Client], Awaitable[Any]]) -> None:
+        """Tell the broker now, if connected; a reconnect subscribes from the list anyway."""
+        client = self._client
+        if client is None or not self.is_connected:
+            return
+        try:
+            await change(client)
+        except aiomqtt.MqttError as exc:
+            if self.is_connected:
+                raise LinkError(f"subscriptions not confirmed: {exc}") from exc
+            log.debug("subscriptions change lost with the connection (%s): reconnect does it", exc)
 
     def messages(self) -> AsyncIterator[Message]:
         """Every message on our subscriptions, across reconnects.

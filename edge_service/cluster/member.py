@@ -39,7 +39,7 @@ from schemas.cluster import (
 from schemas.codec import Frame, decode_frame
 from schemas.errors import CodecError
 from schemas.messages import SchemaError
-from schemas.topics import ClusterChannel
+from schemas.topics import ROUND_TRAFFIC, ClusterChannel
 from transport import LastWill, LinkError, Message
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class ClusterMember:
         self._coordinator: asyncio.Task[None] | None = None
         self.coordinated = False  # held the role when the run ended (it finishes the devices)
         self.finished = asyncio.Event()  # the last round's model is out
+        self._following: set[str] = set()  # the devices whose round traffic it reads
 
     @property
     def coordinating(self) -> bool:
@@ -319,6 +320,7 @@ class ClusterMember:
         if unknown:
             log.warning("round %d: devices %s never registered here", order.round, unknown)
         plan = {d: (e.plan.cut, e.train) for d, e in mine.items() if d not in unknown}
+        await self._follow(set(plan))  # subscribed before their round starts go out
         log.info("round %d attempt %d: serving %d devices", order.round, order.attempt,
                  len(plan))  # fmt: skip
         results, total = await self.driver.serve_round(
@@ -333,6 +335,18 @@ class ClusterMember:
         payload = await asyncio.to_thread(encode_partial, meta, partial, max_bytes=self._max_bytes)
         await self.outbox.publish(self.topics.cluster_partial(self.name), payload)
         self.counters.add("cluster.shares_sent")
+
+    async def _follow(self, devices: set[str]) -> None:
+        """Read the round traffic of exactly ``devices`` (this replica's in the order)."""
+
+        def filters(some: set[str]) -> list[str]:
+            return [self.topics.device(d, ch) for d in sorted(some) for ch in ROUND_TRAFFIC]
+
+        link = self.outbox.link
+        assert link is not None
+        await link.unsubscribe(filters(self._following - devices))
+        await link.subscribe([(f, 1) for f in filters(devices - self._following)])
+        self._following = devices
 
     async def _model_of(self, round_no: int) -> dict[str, torch.Tensor] | None:
         """The global model after ``round_no`` (0: the initial one), when it is here."""

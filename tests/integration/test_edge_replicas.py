@@ -92,6 +92,9 @@ async def test_two_replicas_train_the_model_one_edge_trains(mosquitto):
         second.counters.snapshot().get("batches", 0),
     }
     assert all(batches > 0 for batches in served), served
+    # Each replica read the round traffic of its own devices only (its subscriptions).
+    for edge in (first, second):
+        assert edge.counters.snapshot().get("others_traffic", 0) == 0
     for key, tensor in one.global_state.items():
         other = coordinator.global_state[key]
         if tensor.is_floating_point():

@@ -68,3 +68,28 @@ def mqtt_url(url: str, **changes):
     from transport import MqttSettings
 
     return MqttSettings(url=url, **changes)
+
+
+async def test_subscriptions_added_later_hold_across_a_restart_and_can_be_dropped(mosquitto):
+    """An edge replica reads the round traffic of the devices each order gives it: it
+    subscribes and unsubscribes while connected, and a reconnect keeps what it holds."""
+    settings = mqtt(mosquitto, reconnect_min_s=0.05, reconnect_max_s=0.5, connect_timeout_s=2)
+    async with (
+        MqttLink(settings, "sub", [("fixed", 1)]) as sub,
+        MqttLink(settings, "pub", []) as pub,
+    ):
+        await sub.subscribe([("later/a", 1), ("later/b", 1)])
+        await pub.publish("later/a", b"a1")
+        assert (await asyncio.wait_for(sub.receive(), 5)).payload == b"a1"
+
+        mosquitto.kill()
+        await wait_until(lambda: not pub.is_connected and not sub.is_connected)
+        mosquitto.restart()
+        await sub.wait_connected(10)
+        await pub.publish("later/b", b"b1")  # resubscribed on the reconnect
+        assert (await asyncio.wait_for(sub.receive(), 10)).payload == b"b1"
+
+        await sub.unsubscribe(["later/a"])
+        await pub.publish("later/a", b"a2")  # no longer ours...
+        await pub.publish("fixed", b"marker")  # ...so the next message is this one
+        assert (await asyncio.wait_for(sub.receive(), 5)).payload == b"marker"
