@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,20 +18,28 @@ from splitnn.models import ModelSpec
 from tests.benchmarks import load_benchmark
 
 BENCH = Path(__file__).parents[2] / "benchmarks" / "bench_edge_scale.py"
+HANG_S = 900  # a hang guard on a busy host, never a pass criterion
+
+
+def run_bench(*args: str, out: Path) -> tuple[dict[str, Any], str]:
+    """Run the benchmark with ``args``; the numbers it wrote to ``out`` (--json), and what it
+    printed."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    numbers: dict[str, Any] = json.loads(out.read_text())
+    return numbers, done.stdout
 
 
 @pytest.mark.slow
 def test_quick_run_trains_every_batch_without_a_miss(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", str(out), "--keep", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    numbers = json.loads(out.read_text())
+    numbers, printed = run_bench("--quick", "--json", str(out), "--keep", str(tmp_path), out=out)
     config = numbers["config"]
     (result,) = numbers["results"]
     devices, rounds, batches = config["devices"][0], config["rounds"], config["batches"]
@@ -51,7 +60,7 @@ def test_quick_run_trains_every_batch_without_a_miss(tmp_path: Path) -> None:
     assert 0 <= lag["p50_s"] <= lag["p99_s"] <= lag["max_s"] < 5
     assert 0 < result["batches_per_s"] <= 1.5 * result["offered_batches_per_s"]
     assert 0 < result["cpu_share"]["edge"] < 2
-    assert "lag p50/p99/max ms" in done.stdout  # the table was printed
+    assert "lag p50/p99/max ms" in printed  # the table was printed
     # The edge's own run report carries the loop lag its monitor measured.
     report = json.loads((tmp_path / f"devices-{devices}" / "report.json").read_text())
     assert report["loop_lag"]["total_samples"] > 0
@@ -137,15 +146,7 @@ def test_quick_replica_run_serves_every_batch_with_one_edge_and_with_two_replica
     """--replicas 1,2: the same load served by the plain edge, then by replicas r1 and r2 on one
     broker; both rows printed, every batch served once, each replica served its share."""
     out = tmp_path / "replicas.json"
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--replicas", "1,2", "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    numbers = json.loads(out.read_text())
+    numbers, printed = run_bench("--replicas", "1,2", "--quick", "--json", str(out), out=out)
     config = numbers["config"]
     devices, rounds, batches = config["devices"][0], config["rounds"], config["batches"]
     one, two = numbers["results"]
@@ -170,10 +171,10 @@ def test_quick_replica_run_serves_every_batch_with_one_edge_and_with_two_replica
     assert sum(served) == devices * rounds * batches
     assert two["coordinator"] in {"r1", "r2"}
     assert [r["coordinated"] for r in two["replicas"].values()].count(True) == 1
-    rows = [line.split() for line in done.stdout.splitlines()]
+    rows = [line.split() for line in printed.splitlines()]
     assert any(row[:3] == ["1", "edge", str(devices)] for row in rows)
     assert any(row[:3] == ["2", "replicas", str(devices)] for row in rows)
-    assert "2 replicas, 8 devices: served x" in done.stdout
+    assert "2 replicas, 8 devices: served x" in printed
 
 
 def test_round_timing_lines_up_the_device_processes_marks() -> None:
@@ -234,15 +235,7 @@ def test_quick_site_run_serves_the_devices_at_the_core_and_behind_a_bridge(tmp_p
     """--sites: the light devices over TLS with their own accounts, at the core, then at a site
     bridged to it; every batch served both times, and the summary line printed."""
     out = tmp_path / "sites.json"
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--sites", "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    numbers = json.loads(out.read_text())
+    numbers, printed = run_bench("--sites", "--quick", "--json", str(out), out=out)
     config = numbers["config"]
     devices, rounds, batches = config["devices"][0], config["rounds"], config["batches"]
     assert [r["network"] for r in numbers["results"]] == ["core", "site"]
@@ -251,4 +244,4 @@ def test_quick_site_run_serves_the_devices_at_the_core_and_behind_a_bridge(tmp_p
         assert result["batches"] == devices * rounds * batches
         assert result["rtt_s"]["n"] == devices * rounds * batches
         assert result["rejections"] == {}
-    assert f"{devices} devices: the bridge adds" in done.stdout
+    assert f"{devices} devices: the bridge adds" in printed
