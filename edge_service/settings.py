@@ -10,7 +10,7 @@ from pydantic import AfterValidator, Field, field_validator
 from planner.policies import POLICIES
 from schemas.config_file import ServiceSettings
 from schemas.messages import WIRE_DTYPES, WireDtype
-from schemas.topics import validate_device_id
+from schemas.topics import validate_device_id, validate_replica_name
 from schemas.weight_delta import WeightWire
 from transport import MqttSettings
 
@@ -136,7 +136,7 @@ class EdgeSettings(ServiceSettings):
     @field_validator("replica")
     @classmethod
     def _check_replica(cls, replica: str | None) -> str | None:
-        return None if replica is None else validate_device_id(replica)
+        return None if replica is None else validate_replica_name(replica)
 
     @field_validator("splits")
     @classmethod
